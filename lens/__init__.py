@@ -1,0 +1,23 @@
+"""Logit lens on TransformerLens 4: what a language model predicts after each layer.
+
+Importable without Streamlit; the dashboard and the CLI are thin layers over this.
+"""
+
+from lens.engine import lens_rows, resolve_targets, retarget, run_lens, tokenize_prompt, tokenize_target
+from lens.errors import LensError
+from lens.model import DEFAULT_MODEL, LensModel, load_model
+from lens.result import LensResult
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LensError",
+    "LensModel",
+    "LensResult",
+    "lens_rows",
+    "load_model",
+    "resolve_targets",
+    "retarget",
+    "run_lens",
+    "tokenize_prompt",
+    "tokenize_target",
+]

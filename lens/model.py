@@ -1,0 +1,214 @@
+"""Loading a model for the lens, and the handle every lens run goes through.
+
+``run_with_cache`` adds hooks to the one shared model while it runs, so two runs at once
+would read each other's activations. :class:`LensModel` carries the lock that serialises
+them, next to the bridge and its tokenizer.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from urllib.parse import urlparse
+
+import torch
+
+from lens.errors import LensError
+from lens.tokens import TokenNamer
+
+DEFAULT_MODEL = "openai-community/gpt2"
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+DEMO_ALIASES = ("demo",)
+HUB_PROBE_SECONDS = 4.0
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass(eq=False)
+class LensModel:
+    """A booted TransformerBridge, its tokenizer, and the lock that guards its hooks."""
+
+    bridge: object
+    tokenizer: object
+    name: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def from_hf(cls, hf_model, tokenizer, *, name: str | None = None, device: str | None = "cpu") -> LensModel:
+        """Wrap a Hugging Face model that is already built (tests, benchmarks, notebooks)."""
+        from transformer_lens.model_bridge import TransformerBridge
+
+        name = name or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
+        bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
+        bridge.eval()
+        return cls(bridge=bridge, tokenizer=tokenizer, name=name)
+
+    @property
+    def cfg(self):
+        return self.bridge.cfg
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.cfg.d_model)
+
+    @property
+    def n_ctx(self) -> int:
+        return int(self.cfg.n_ctx)
+
+    @property
+    def d_vocab(self) -> int:
+        return int(self.unembed_weight.shape[1])
+
+    @property
+    def default_prepend_bos(self) -> bool:
+        return bool(getattr(self.cfg, "default_prepend_bos", True)) and self.tokenizer.bos_token_id is not None
+
+    @property
+    def softcap(self) -> float | None:
+        """Gemma-2-style final logit soft-capping, or None when the model has none."""
+        cap = getattr(self.cfg, "output_logits_soft_cap", None)
+        return float(cap) if cap is not None and cap > 0 else None
+
+    @cached_property
+    def unembed_weight(self) -> torch.Tensor:
+        """W_U as [d_model, vocab] in fp32: the lens reads in fp32 whatever the model's dtype."""
+        return self.bridge.unembed.W_U.detach().float()
+
+    @cached_property
+    def unembed_bias(self) -> torch.Tensor | None:
+        bias = getattr(self.bridge.unembed, "b_U", None)
+        if bias is None or not torch.any(bias):
+            return None
+        return bias.detach().float()
+
+    @cached_property
+    def token_name(self) -> TokenNamer:
+        return TokenNamer(self.tokenizer)
+
+    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
+        """The model's own final norm, in fp32."""
+        return self.bridge.ln_final(resid).float()
+
+    def logits_from_normed(self, normed: torch.Tensor) -> torch.Tensor:
+        """Unembed already-normed residuals, with the model's soft-cap if it has one."""
+        logits = normed @ self.unembed_weight
+        if self.unembed_bias is not None:
+            logits = logits + self.unembed_bias
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+def resolve_model_source(name_or_path: str) -> tuple[str, str]:
+    """Decide where a model comes from: (source to boot from, name to show people).
+
+    A folder is used as is. A hub id is looked up in the local cache first, so a cached
+    model loads with no network; an uncached one needs the hub, which is probed with a
+    short timeout instead of the libraries' 40 s of retries.
+    """
+    name = (name_or_path or "").strip()
+    if not name:
+        raise LensError("No model given: name a Hugging Face model id or a model folder.")
+    if name.lower() in DEMO_ALIASES:
+        return _model_folder(DEMO_MODEL_DIR, "demo"), "demo"
+    path = Path(name).expanduser()
+    if path.exists():
+        return _model_folder(path, name), name
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise LensError(f"There is no model folder at '{name}'.")
+    if not _REPO_ID.match(name):
+        raise LensError(f"'{name}' is neither a Hugging Face model id (like openai-community/gpt2) nor a model folder.")
+    cached = _cached_snapshot(name)
+    if cached is not None:
+        return cached, name
+    if _hub_offline():
+        raise LensError(
+            f"Could not download model '{name}': the Hugging Face hub cannot be reached "
+            "and the model is not in the local cache."
+        )
+    return name, name
+
+
+def _model_folder(path: Path, shown: str) -> str:
+    if not path.is_dir() or not (path / "config.json").is_file():
+        raise LensError(f"'{shown}' is not a model folder: it has no config.json.")
+    return str(path)
+
+
+def _cached_snapshot(repo_id: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(repo_id, "config.json")
+    if isinstance(config, str) and Path(config).is_file():
+        return str(Path(config).parent)
+    return None
+
+
+def _hub_offline() -> bool:
+    """True when the hub is switched off or does not answer within a few seconds."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    reachable = threading.Event()
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
+            reachable.set()
+        except OSError:
+            pass
+
+    # getaddrinfo ignores socket timeouts, so the probe runs in a thread we can stop waiting for.
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(HUB_PROBE_SECONDS + 1)
+    return not reachable.is_set()
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    *,
+    device: str | None = None,
+    dtype: torch.dtype = torch.float32,
+    device_map: str | dict | None = None,
+) -> LensModel:
+    """Boot a hub id or a local Hugging Face folder, with the tokenizer from the same place.
+
+    Remote code is never trusted. ``device`` and ``device_map`` go straight to
+    TransformerLens (``device_map="auto"`` spreads a large model over several GPUs).
+    """
+    source, shown = resolve_model_source(name_or_path)
+    local = Path(source).is_dir()
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local)
+        kwargs = {"device_map": device_map} if device_map is not None else {"device": device}
+        bridge = TransformerBridge.boot_transformers(
+            source, tokenizer=tokenizer, dtype=dtype, trust_remote_code=False, **kwargs
+        )
+    except LensError:
+        raise
+    except Exception as exc:  # the libraries raise many types; people need one line
+        raise LensError(f"Could not load model '{shown}': {_first_line(exc)}") from exc
+    bridge.eval()
+    return LensModel(bridge=bridge, tokenizer=tokenizer, name=shown)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    line = text.splitlines()[0].strip()
+    if "not a valid model identifier" in text or "Repository Not Found" in text or "404" in text:
+        return "no such model on the Hugging Face hub."
+    return line[:300]
+

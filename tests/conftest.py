@@ -1,0 +1,73 @@
+"""Shared fixtures: the offline models every test reads from ../shared."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+STORIES = SHARED_MODELS / "stories260K"
+GPT2_TOKENIZER = SHARED_MODELS / "gpt2-tokenizer"
+
+
+def require_shared() -> None:
+    """Skip in a user's own clone without ../shared; in CI its absence is a failure."""
+    if not STORIES.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the shared models at {SHARED_MODELS}")
+        pytest.skip(f"needs the shared offline models at {SHARED_MODELS}")
+
+
+@pytest.fixture(scope="session")
+def stories():
+    require_shared()
+    from lens import load_model
+
+    return load_model(str(STORIES), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def gpt2_tokenizer():
+    require_shared()
+    from transformers import GPT2TokenizerFast
+
+    return GPT2TokenizerFast.from_pretrained(str(GPT2_TOKENIZER))
+
+
+def _wrap_random(hf_model, tokenizer, name):
+    """A LensModel on a random HF model, plus an untouched copy for the reference."""
+    from lens import LensModel
+
+    hf_model.eval()
+    reference = copy.deepcopy(hf_model)
+    return LensModel.from_hf(hf_model, tokenizer, name=name), reference
+
+
+@pytest.fixture(scope="session")
+def gpt2_small_random(gpt2_tokenizer):
+    """GPT-2-small's exact shape (124M parameters) with random weights and the real tokenizer."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return _wrap_random(GPT2LMHeadModel(GPT2Config(attn_implementation="eager")), gpt2_tokenizer, "gpt2-small-random")
+
+
+@pytest.fixture(scope="session")
+def neox_random(gpt2_tokenizer):
+    """A small GPT-NeoX (Pythia's architecture: rotary, parallel attention and MLP)."""
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    torch.manual_seed(0)
+    config = GPTNeoXConfig(
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
+        vocab_size=len(gpt2_tokenizer), max_position_embeddings=256, attn_implementation="eager",
+    )
+    return _wrap_random(GPTNeoXForCausalLM(config), gpt2_tokenizer, "neox-random")
