@@ -45,7 +45,7 @@ def lens_rows(model: LensModel, points: Sequence[str] = ("resid_post",)) -> list
     """Rows bottom-up. The final block's output is always included, as the last row."""
     unknown = set(points) - set(POINTS)
     if unknown:
-        raise LensError(f"Unknown residual point {sorted(unknown)[0]!r}; choose from {', '.join(POINTS)}.")
+        raise LensError(f"Unknown residual point {min(unknown)!r}; choose from {', '.join(POINTS)}.")
     n = model.n_layers
     rows = []
     if "resid_pre" in points:
@@ -58,6 +58,10 @@ def lens_rows(model: LensModel, points: Sequence[str] = ("resid_post",)) -> list
     return rows
 
 
+def _encode(model: LensModel, text: str) -> list[int]:
+    return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def uses_bos(model: LensModel, prepend_bos: bool | None) -> bool:
     """Whether a BOS token goes first: the model's default unless the caller says."""
     return model.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
@@ -67,7 +71,7 @@ def tokenize_prompt(model: LensModel, prompt: str, prepend_bos: bool | None = No
     """The exact ids the model will be fed, after checking the prompt is usable."""
     if not isinstance(prompt, str) or not prompt.strip():
         raise LensError("The prompt is empty: type some text to look at.")
-    ids = list(model.tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    ids = _encode(model, prompt)
     if uses_bos(model, prepend_bos):
         if model.tokenizer.bos_token_id is None:
             raise LensError(f"Model '{model.name}' has no beginning-of-sequence token to prepend.")
@@ -90,11 +94,10 @@ def tokenize_target(model: LensModel, target: str | int) -> list[int]:
         return [int(target)]
     if not isinstance(target, str) or target == "":
         raise LensError("A target token is empty.")
-    encode = lambda text: list(model.tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
-    context, joined = encode("\n"), encode("\n" + target)
+    context, joined = _encode(model, "\n"), _encode(model, "\n" + target)
     if joined[: len(context)] == context and len(joined) > len(context):
         return joined[len(context) :]
-    return encode(target)
+    return _encode(model, target)
 
 
 def resolve_targets(model: LensModel, targets: Sequence[str | int]) -> tuple[list[int], list[str], list[str]]:
@@ -114,8 +117,12 @@ def resolve_targets(model: LensModel, targets: Sequence[str | int]) -> tuple[lis
     return ids, names, warnings
 
 
-def capture_normed(model: LensModel, token_ids: Sequence[int], rows: Sequence[Row],
-                   translate: Callable[[int, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+def capture_normed(
+    model: LensModel,
+    token_ids: Sequence[int],
+    rows: Sequence[Row],
+    translate: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """One forward pass; the final-norm output at every row, [rows, positions, d_model] fp32.
 
     The lock is held for the forward pass and the norm: both go through the shared
@@ -148,7 +155,19 @@ def _ranks(logits: torch.Tensor, target_logits: torch.Tensor, greater: torch.Ten
         torch.gt(logits, target_logits[:, [j]], out=greater).view(torch.uint8).sum(-1, dtype=torch.int64)
         for j in range(target_logits.shape[1])
     ]
+    if not counts:
+        return torch.ones(logits.shape[0], 0, dtype=torch.int64, device=logits.device)
     return 1 + torch.stack(counts, dim=1)
+
+
+def _store(out: dict[str, np.ndarray], name: str, value: torch.Tensor, positions: slice, n_rows: int) -> None:
+    """Write one chunk, cell-major ([cells, ...] or [targets, cells]), into its [..., rows, positions, ...] array."""
+    array = out[name]
+    width = positions.stop - positions.start
+    if name.startswith("target_"):
+        array[:, :, positions] = value.reshape(-1, n_rows, width).cpu().numpy()
+    else:
+        array[:, positions] = value.reshape(n_rows, width, *array.shape[2:]).cpu().numpy()
 
 
 def _chunk_cells(vocab: int) -> int:
@@ -156,7 +175,9 @@ def _chunk_cells(vocab: int) -> int:
     return max(1, CHUNK_BYTES // (2 * 4 * vocab))
 
 
-def cell_statistics(model: LensModel, normed: torch.Tensor, top_k: int, target_ids: Sequence[int]) -> dict[str, np.ndarray]:
+def cell_statistics(
+    model: LensModel, normed: torch.Tensor, top_k: int, target_ids: Sequence[int]
+) -> dict[str, np.ndarray]:
     """Exact per-cell statistics from final-norm outputs, chunk by chunk.
 
     Returns top-k ids and probabilities, log-normaliser, entropy, KL(final || row), and
@@ -188,6 +209,7 @@ def cell_statistics(model: LensModel, normed: torch.Tensor, top_k: int, target_i
     for start in range(0, n_pos, block):
         stop = min(start + block, n_pos)
         width = stop - start
+        positions = slice(start, stop)
         n_cells = n_rows * width
         x = normed[:, start:stop].reshape(n_cells, -1)
         logits = logits_buf[:n_cells]
@@ -198,8 +220,8 @@ def cell_statistics(model: LensModel, normed: torch.Tensor, top_k: int, target_i
             logits.div_(model.softcap).tanh_().mul_(model.softcap)
 
         top_values, top_ids = torch.topk(logits, k, dim=-1)
-        target_logits = logits[:, targets] if len(targets) else None
-        target_ranks = _ranks(logits, target_logits, greater_buf[:n_cells]) if len(targets) else None
+        target_logits = logits[:, targets]
+        target_ranks = _ranks(logits, target_logits, greater_buf[:n_cells])
 
         shift = top_values[:, 0]
         logits.sub_(shift[:, None])
@@ -212,29 +234,18 @@ def cell_statistics(model: LensModel, normed: torch.Tensor, top_k: int, target_i
         # dot product's long fp32 accumulation loses ~1e-5 over a 50k-token vocabulary.
         final = torch.div(exps[(n_rows - 1) * width :], sum_exp[(n_rows - 1) * width :, None], out=final_buf[:width])
         rows_logits = logits.view(n_rows, width, vocab)
-        cross = torch.stack(
-            [torch.mul(rows_logits[r], final, out=product_buf[:width]).sum(-1) for r in range(n_rows)]
-        )
+        cross = torch.stack([torch.mul(rows_logits[r], final, out=product_buf[:width]).sum(-1) for r in range(n_rows)])
         entropy = log_sum_exp - logits.mul_(exps).sum(-1) / sum_exp
         kl = (log_sum_exp.view(n_rows, width) - cross - entropy.view(n_rows, width)[-1]).clamp_min_(0)
 
-        def put(name: str, value: torch.Tensor) -> None:
-            """Write a [cells, ...] or [targets, cells] chunk into the [..., rows, positions, ...] output."""
-            array = out[name]
-            if name.startswith("target_"):
-                array[:, :, start:stop] = value.reshape(-1, n_rows, width).cpu().numpy()
-            else:
-                array[:, start:stop] = value.reshape(n_rows, width, *array.shape[2:]).cpu().numpy()
-
-        put("top_ids", top_ids)
-        put("top_probs", torch.exp(top_values - log_normalizer[:, None]))
-        put("log_normalizer", log_normalizer)
-        put("entropy", entropy)
-        put("kl_to_final", kl)
-        if target_logits is not None:
-            put("target_logits", target_logits.T)
-            put("target_probs", torch.exp(target_logits - log_normalizer[:, None]).T)
-            put("target_ranks", target_ranks.T)
+        _store(out, "top_ids", top_ids, positions, n_rows)
+        _store(out, "top_probs", torch.exp(top_values - log_normalizer[:, None]), positions, n_rows)
+        _store(out, "log_normalizer", log_normalizer, positions, n_rows)
+        _store(out, "entropy", entropy, positions, n_rows)
+        _store(out, "kl_to_final", kl, positions, n_rows)
+        _store(out, "target_logits", target_logits.T, positions, n_rows)
+        _store(out, "target_probs", torch.exp(target_logits - log_normalizer[:, None]).T, positions, n_rows)
+        _store(out, "target_ranks", target_ranks.T, positions, n_rows)
     return out
 
 
@@ -300,7 +311,9 @@ def retarget(model: LensModel, result: LensResult, targets: Sequence[str | int])
     exp, top-k and KL work of a full run.
     """
     if result.unembed_input is None:
-        raise LensError("This result did not keep its unembedding inputs; run the lens again with keep_unembed_input=True.")
+        raise LensError(
+            "This result did not keep its unembedding inputs; run the lens again with keep_unembed_input=True."
+        )
     target_ids, target_names, warnings = resolve_targets(model, targets)
     normed = torch.from_numpy(result.unembed_input).to(model.unembed_weight.device)
     n_rows, n_pos, _ = normed.shape
@@ -312,7 +325,7 @@ def retarget(model: LensModel, result: LensResult, targets: Sequence[str | int])
     for start in range(0, flat.shape[0], chunk):
         logits = model.logits_from_normed(flat[start : start + chunk])
         target_logits.append(logits[:, ids])
-        ranks.append(_ranks(logits, target_logits[-1], greater[: logits.shape[0]]) if len(ids) else target_logits[-1].long())
+        ranks.append(_ranks(logits, target_logits[-1], greater[: logits.shape[0]]))
     chosen = torch.cat(target_logits)
     log_normalizer = torch.from_numpy(result.log_normalizer).reshape(-1, 1).to(flat.device)
     shape = (-1, n_rows, n_pos)

@@ -211,4 +211,3 @@ def _first_line(exc: BaseException) -> str:
     if "not a valid model identifier" in text or "Repository Not Found" in text or "404" in text:
         return "no such model on the Hugging Face hub."
     return line[:300]
-

@@ -114,8 +114,11 @@ class LensResult:
             if f.name == "unembed_input" and not include_unembed_input:
                 value = None
             if f.name in _ARRAY_FIELDS and value is not None:
-                value = {"dtype": value.dtype.str if value.dtype.kind != "U" else "str",
-                         "shape": list(value.shape), "data": value.ravel().tolist()}
+                value = {
+                    "dtype": value.dtype.str if value.dtype.kind != "U" else "str",
+                    "shape": list(value.shape),
+                    "data": value.ravel().tolist(),
+                }
             payload[f.name] = value
         return json.dumps(payload, ensure_ascii=False)
 

@@ -9,8 +9,8 @@ from pathlib import Path
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
@@ -67,7 +67,12 @@ def neox_random(gpt2_tokenizer):
 
     torch.manual_seed(0)
     config = GPTNeoXConfig(
-        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, intermediate_size=256,
-        vocab_size=len(gpt2_tokenizer), max_position_embeddings=256, attn_implementation="eager",
+        hidden_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=256,
+        vocab_size=len(gpt2_tokenizer),
+        max_position_embeddings=256,
+        attn_implementation="eager",
     )
     return _wrap_random(GPTNeoXForCausalLM(config), gpt2_tokenizer, "neox-random")

@@ -23,8 +23,10 @@ def reference_lens(hf_model, token_ids, top_k: int):
     """Per-row log-probabilities [rows, positions, vocab] in float64, and the model's own logits."""
     blocks, final_norm = _blocks_and_norm(hf_model)
     captured = []
-    handles = [b.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
-               for b in blocks]
+    handles = [
+        b.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
+        for b in blocks
+    ]
     try:
         with torch.no_grad():
             output_logits = hf_model(torch.tensor([token_ids])).logits[0].double()
@@ -56,4 +58,6 @@ def assert_top_ids_match(engine_ids: np.ndarray, reference: dict, tie: float = 1
     for r, p, k in mismatch:
         a = logits[r, p, engine_ids[r, p, k]]
         b = logits[r, p, ref_ids[r, p, k]]
-        assert abs(a - b) < tie, f"top-{k + 1} differs at row {r}, position {p}: {engine_ids[r, p, k]} vs {ref_ids[r, p, k]}"
+        assert abs(a - b) < tie, (
+            f"top-{k + 1} differs at row {r}, position {p}: {engine_ids[r, p, k]} vs {ref_ids[r, p, k]}"
+        )

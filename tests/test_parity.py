@@ -27,8 +27,7 @@ def _check_parity(model, hf_reference, prompt, prepend_bos=None):
     np.testing.assert_allclose(result.top_probs, ref["top_probs"], atol=1e-5)
     np.testing.assert_allclose(result.entropy, ref["entropy"], atol=1e-5, rtol=1e-6)
     np.testing.assert_allclose(result.kl_to_final, ref["kl_to_final"], atol=1e-5, rtol=1e-6)
-    np.testing.assert_allclose(result.log_normalizer,
-                               np.log(np.exp(ref["logits"]).sum(-1)), atol=1e-4, rtol=1e-6)
+    np.testing.assert_allclose(result.log_normalizer, np.log(np.exp(ref["logits"]).sum(-1)), atol=1e-4, rtol=1e-6)
     # Invariant: the last row is the model's own next-token distribution.
     output = ref["output_log_probs"]
     last = ref["log_probs"][-1]

@@ -1,0 +1,210 @@
+"""Engine behaviour beyond parity: results, targets, exports, bad input, concurrency, CLI."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from lens import LensError, LensResult, load_model, retarget, run_lens
+from lens.cli import main as cli_main
+from lens.tokens import readable
+from tests.conftest import ROOT, STORIES
+
+STORY = "Once upon a time, there was a little girl named"
+
+
+def test_target_probability_logit_and_rank_are_exact(stories):
+    result = run_lens(stories, STORY, targets=[" Lily", 42], points=("resid_pre", "resid_mid", "resid_post"))
+    assert result.targets[0] == "␣Lily" and result.target_ids[1] == 42
+    # Independent check from the kept-free path: full logits of every cell, computed directly.
+    with torch.no_grad():
+        _, cache = stories.bridge.run_with_cache(torch.tensor([result.token_ids]), names_filter=result.points)
+        logits = torch.stack(
+            [stories.bridge.unembed(stories.bridge.ln_final(cache[p][0])) for p in result.points]
+        ).double()
+    log_probs = torch.log_softmax(logits, -1)
+    for t, token_id in enumerate(result.target_ids):
+        np.testing.assert_allclose(result.target_logits[t], logits[..., token_id].numpy(), atol=1e-5)
+        np.testing.assert_allclose(result.target_probs[t], log_probs[..., token_id].exp().numpy(), atol=1e-6)
+        expected_rank = 1 + (logits > logits[..., token_id : token_id + 1]).sum(-1).numpy()
+        np.testing.assert_array_equal(result.target_ranks[t], expected_rank)
+    assert result.target_ranks[0, -1, -1] == 1  # the output names Lily
+
+
+def test_retarget_matches_a_fresh_run_without_forward_pass(stories, monkeypatch):
+    base = run_lens(stories, STORY, keep_unembed_input=True)
+    fresh = run_lens(stories, STORY, targets=[" Lily", " Tim"])
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("retarget ran the model")
+
+    monkeypatch.setattr(stories.bridge, "run_with_cache", no_forward)
+    moved = retarget(stories, base, [" Lily", " Tim"])
+    assert moved.target_ids == fresh.target_ids
+    np.testing.assert_allclose(moved.target_probs, fresh.target_probs, atol=1e-6)
+    np.testing.assert_array_equal(moved.target_ranks, fresh.target_ranks)
+
+
+def test_json_round_trip_is_lossless(stories):
+    result = run_lens(stories, STORY, targets=[" Lily"], keep_unembed_input=True)
+    back = LensResult.from_json(result.to_json())
+    assert back.equals(result)
+    assert back.top_probs.dtype == np.float32 and back.unembed_input.dtype == np.float32
+    slim = LensResult.from_json(result.to_json(include_unembed_input=False))
+    assert slim.unembed_input is None and np.array_equal(slim.entropy, result.entropy)
+
+
+def test_frame_has_one_row_per_cell(stories):
+    result = run_lens(stories, STORY, top_k=3, targets=[" Lily"])
+    frame = result.to_frame()
+    assert len(frame) == result.n_rows * result.n_positions
+    last = frame[(frame.row == result.n_rows - 1) & (frame.position == result.n_positions - 1)].iloc[0]
+    assert last.top1_token == "␣Lily" and last["rank[␣Lily]"] == 1
+    assert np.isclose(last.top1_prob, result.top_probs[-1, -1, 0])
+
+
+def test_bos_follows_model_default_unless_overridden(stories):
+    assert run_lens(stories, STORY).token_ids[0] == 1
+    assert run_lens(stories, STORY, prepend_bos=False).token_ids[0] != 1
+    assert run_lens(stories, STORY, prepend_bos=False).prepend_bos is False
+
+
+@pytest.mark.parametrize(
+    ("raw", "shown"),
+    [
+        (b" Paris", "␣Paris"),
+        (b"\n", "↵"),
+        (b"\xe6\x97", "\\xe6\\x97"),
+        (b"\x00", "\\x00"),
+        (b"", "∅"),
+        ("é".encode(), "é"),
+    ],
+)
+def test_readable_tokens(raw, shown):
+    assert readable(raw) == shown
+
+
+def test_gpt2_and_sentencepiece_spaces_look_the_same(stories, gpt2_tokenizer):
+    from lens.tokens import TokenNamer
+
+    gpt2 = TokenNamer(gpt2_tokenizer)
+    assert gpt2(gpt2_tokenizer.convert_tokens_to_ids("ĠParis")) == "␣Paris"
+    assert stories.token_name(stories.tokenizer.convert_tokens_to_ids("▁Lily")) == "␣Lily"
+    assert stories.token_name(stories.tokenizer.convert_tokens_to_ids("<0xE6>")) == "\\xe6"
+    # A GPT-2 token that is half of a UTF-8 character is shown by its byte, not as "�".
+    half = gpt2_tokenizer.encode("日本")[0]
+    assert "�" not in gpt2(half) and gpt2(half)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "kwargs", "message"),
+    [
+        ("", {}, "prompt is empty"),
+        ("   \n", {}, "prompt is empty"),
+        ("word " * 600, {}, "reads at most 512"),
+        (STORY, {"top_k": 0}, "top_k"),
+        (STORY, {"points": ("resid_middle",)}, "Unknown residual point"),
+        (STORY, {"targets": [""]}, "target token is empty"),
+    ],
+)
+def test_bad_input_raises_one_clear_line(stories, prompt, kwargs, message):
+    with pytest.raises(LensError, match=message) as info:
+        run_lens(stories, prompt, **kwargs)
+    assert "\n" not in str(info.value)
+    assert run_lens(stories, STORY).top_tokens[-1, -1, 0] == "␣Lily"  # still works
+
+
+def test_several_token_target_uses_first_token_and_warns(stories):
+    result = run_lens(stories, STORY, targets=["Lilyanna"])
+    assert len(result.target_ids) == 1
+    assert result.warnings and "first token" in result.warnings[0]
+
+
+def test_unknown_model_fails_fast_offline():
+    start = time.monotonic()
+    with pytest.raises(LensError, match="Could not download model 'nobody/no-such-model'"):
+        load_model("nobody/no-such-model")
+    assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("name", ["/definitely/not/here", "not a model id!"])
+def test_missing_or_malformed_model_names(name):
+    with pytest.raises(LensError):
+        load_model(name)
+
+
+def test_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(LensError, match="not a model folder"):
+        load_model(str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(LensError, match="Could not load model"):
+        load_model(str(tmp_path))
+
+
+def test_concurrent_runs_on_one_model_equal_single_threaded(stories):
+    prompts = [f"{STORY[: 10 + 4 * i]}" for i in range(8)]
+    expected = [run_lens(stories, p, targets=[" Lily"]) for p in prompts]
+    failures: list[str] = []
+
+    def worker(i: int) -> None:
+        for _ in range(50):
+            got = run_lens(stories, prompts[i], targets=[" Lily"])
+            if not got.equals(expected[i]):
+                failures.append(f"thread {i}")
+                return
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lens", *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_cli_json_and_table(stories, tmp_path):
+    out = tmp_path / "lens.json"
+    done = _cli(STORY, "--model", str(STORIES), "--target", " Lily", "--format", "json", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    result = LensResult.from_json(out.read_text())
+    assert np.array_equal(result.top_ids, run_lens(stories, STORY, top_k=5, targets=[" Lily"]).top_ids)
+    table = _cli(STORY, "--model", str(STORIES), "--no-bos", "--top-k", "2")
+    assert table.returncode == 0 and "␣Lily" in table.stdout.splitlines()[1]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("", "--model", str(STORIES)), "prompt is empty"),
+        (("word " * 600, "--model", str(STORIES)), "at most 512"),
+        ((STORY, "--model", "nobody/no-such-model"), "Could not download"),
+        ((STORY, "--model", str(ROOT / "tests")), "not a model folder"),
+        ((STORY, "--top-k", "many"), "invalid int value"),
+        ((STORY, "--model", str(STORIES), "--out", "/nonexistent/dir/x.csv"), "error:"),
+    ],
+)
+def test_cli_errors_are_one_line_with_exit_code_2(args, message, capsys):
+    assert cli_main(list(args)) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+def test_cli_error_in_a_real_process_has_no_traceback():
+    done = _cli("", "--model", str(STORIES))
+    assert done.returncode == 2
+    assert done.stderr.strip() == "error: The prompt is empty: type some text to look at."
+
+
+def test_cli_warns_about_several_token_target(capsys):
+    assert cli_main([STORY, "--model", str(STORIES), "--target", "Lilyanna"]) == 0
+    assert "first token" in capsys.readouterr().err
