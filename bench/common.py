@@ -1,0 +1,48 @@
+"""Shared pieces of the benchmarks: the GPT-2-small-shaped model and prompts of a given length."""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_MODELS = ROOT.parent / "shared" / "models"
+sys.path.insert(0, str(ROOT))
+
+TEXT = (
+    "The logit lens reads what a language model would predict if it stopped after each layer. "
+    "It applies the final norm and the unembedding to the residual stream at every position, "
+    "and shows how the guess for the next token forms from the bottom of the network to the top. "
+)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gpt2_small_random():
+    """GPT-2 small's shape (124M parameters) with seeded random weights and the real tokenizer."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    from lens import LensModel
+
+    tokenizer_dir = SHARED_MODELS / "gpt2-tokenizer"
+    if not tokenizer_dir.is_dir():
+        sys.exit(f"The benchmark needs GPT-2's tokenizer at {tokenizer_dir}.")
+    torch.manual_seed(0)
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(tokenizer_dir))
+    model = GPT2LMHeadModel(GPT2Config(attn_implementation="eager")).eval()
+    return LensModel.from_hf(model, tokenizer, name="gpt2-small-random")
+
+
+def prompt_of_length(model, n_tokens: int) -> str:
+    """A prompt that tokenizes to exactly ``n_tokens`` tokens without BOS."""
+    ids = model.tokenizer(TEXT * (n_tokens // 20 + 2), add_special_tokens=False)["input_ids"][:n_tokens]
+    text = model.tokenizer.decode(ids)
+    assert len(model.tokenizer(text, add_special_tokens=False)["input_ids"]) == n_tokens
+    return text
