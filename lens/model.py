@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -174,25 +175,58 @@ def _hub_offline() -> bool:
     return not reachable.is_set()
 
 
+Progress = Callable[[str, "float | None"], None]
+
+
+def download_snapshot(repo_id: str, progress: Progress | None = None) -> str:
+    """Fetch a hub model's config, tokenizer and weights (safetensors when the repo has them).
+
+    Downloading before booting lets the caller show which file of how many is coming,
+    and the boot then reads a plain local folder.
+    """
+    from huggingface_hub import list_repo_files, snapshot_download
+    from tqdm.auto import tqdm
+
+    files = list_repo_files(repo_id)
+    weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["pytorch_model*.bin"]
+
+    class ReportingBar(tqdm):
+        def update(self, n=1):
+            shown = super().update(n)
+            if progress is not None and self.total:
+                progress(f"Downloading {repo_id}: file {self.n} of {self.total}", self.n / self.total)
+            return shown
+
+    return snapshot_download(
+        repo_id, allow_patterns=["*.json", "*.txt", "*.model", *weights], tqdm_class=ReportingBar
+    )
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     *,
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     device_map: str | dict | None = None,
+    progress: Progress | None = None,
 ) -> LensModel:
     """Boot a hub id or a local Hugging Face folder, with the tokenizer from the same place.
 
     Remote code is never trusted. ``device`` and ``device_map`` go straight to
     TransformerLens (``device_map="auto"`` spreads a large model over several GPUs).
+    ``progress(message, fraction_or_None)`` hears what is happening, for a UI to show.
     """
+    report = progress or (lambda message, fraction: None)
     source, shown = resolve_model_source(name_or_path)
-    local = Path(source).is_dir()
     try:
+        report("Starting TransformerLens", None)
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local)
+        if not Path(source).is_dir():
+            source = download_snapshot(source, progress)
+        report(f"Reading the tokenizer and weights of {shown}", None)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=True)
         kwargs = {"device_map": device_map} if device_map is not None else {"device": device}
         bridge = TransformerBridge.boot_transformers(
             source, tokenizer=tokenizer, dtype=dtype, trust_remote_code=False, **kwargs
@@ -202,6 +236,7 @@ def load_model(
     except Exception as exc:  # the libraries raise many types; people need one line
         raise LensError(f"Could not load model '{shown}': {_first_line(exc)}") from exc
     bridge.eval()
+    report(f"{shown} is ready", 1.0)
     return LensModel(bridge=bridge, tokenizer=tokenizer, name=shown)
 
 

@@ -1,0 +1,17 @@
+"""Logit-lens dashboard: ``streamlit run app.py``."""
+
+import streamlit as st
+
+from ui import sidebar
+
+st.set_page_config(page_title="Logit lens", page_icon=":material/grid_on:", layout="wide")
+
+pages = st.navigation(
+    [
+        st.Page("pages/lens_view.py", title="Lens", icon=":material/grid_on:", default=True),
+        st.Page("pages/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
+        st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    ]
+)
+st.session_state["settings"] = sidebar.render()
+pages.run()

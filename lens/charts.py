@@ -1,0 +1,256 @@
+"""Chart builders: pure functions from a LensResult to an Altair chart (no Streamlit)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from lens.result import LensResult
+
+SELECTION = "cell"
+# Sizes below are of the plotting area; axes and legends are added around it (Streamlit's
+# default "fit" would squeeze the cells to make room for rotated token labels).
+PAD = alt.AutoSizeParams(type="pad")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A quantity the heatmap can colour by."""
+
+    key: str
+    title: str
+    scheme: str
+    log: bool = False
+    needs_target: bool = False
+    fixed_domain: tuple[float, float] | None = None
+
+
+METRICS: dict[str, Metric] = {
+    m.key: m
+    for m in (
+        Metric("top1_prob", "Top-1 probability", "blues", fixed_domain=(0.0, 1.0)),
+        Metric("entropy", "Entropy (nats)", "purples"),
+        Metric("kl_to_final", "KL to final output (nats)", "oranges"),
+        Metric("target_prob", "Target probability", "greens", needs_target=True, fixed_domain=(0.0, 1.0)),
+        Metric("target_rank", "Target rank (log scale)", "greens", log=True, needs_target=True),
+    )
+}
+
+
+def metric_values(result: LensResult, metric: str, target: int | None = None) -> np.ndarray:
+    """The [rows, positions] values a metric colours the heatmap with."""
+    if metric == "top1_prob":
+        return result.top1_probs
+    if metric in ("entropy", "kl_to_final"):
+        return getattr(result, metric)
+    if target is None:
+        raise ValueError(f"Metric {metric!r} needs a target token.")
+    index = result.target_index(target)
+    return result.target_probs[index] if metric == "target_prob" else result.target_ranks[index]
+
+
+def column_labels(result: LensResult) -> list[str]:
+    """Unique x labels: position, then the input token with its whitespace visible."""
+    return [f"{i} {tok}" for i, tok in enumerate(result.tokens)]
+
+
+def heatmap_frame(
+    result: LensResult, metric: str, target: int | None = None, window: tuple[int, int] | None = None
+) -> pd.DataFrame:
+    """One row per visible cell: its place, top-1 token, metric value and top-k for the tooltip."""
+    start, stop = window or (0, result.n_positions)
+    frame = result.to_frame()
+    frame = frame[(frame.position >= start) & (frame.position < stop)].copy()
+    values = metric_values(result, metric, target)
+    frame["value"] = values[frame.row.to_numpy(), frame.position.to_numpy()].astype(float)
+    frame["column"] = np.asarray(column_labels(result), dtype=object)[frame.position.to_numpy()]
+    frame["top1"] = frame.top1_token
+    for k in range(result.top_k):
+        frame[f"top {k + 1}"] = [
+            f"{tok}  {p:.1%}" for tok, p in zip(frame[f"top{k + 1}_token"], frame[f"top{k + 1}_prob"], strict=True)
+        ]
+    frame["shade"] = _shade(frame["value"].to_numpy(), METRICS[metric], result)
+    keep = ["row", "layer", "position", "column", "token", "top1", "value", "shade"]
+    return frame[keep + [f"top {k + 1}" for k in range(result.top_k)]].reset_index(drop=True)
+
+
+def _shade(values: np.ndarray, metric: Metric, result: LensResult) -> np.ndarray:
+    """Where each value sits between the light (0) and dark (1) ends of the colour scale."""
+    if metric.log:  # ranks: rank 1 is the dark end
+        top = max(float(np.log(max(values.max(), 2))), 1e-9)
+        return 1 - np.log(np.maximum(values, 1)) / top
+    low, high = metric.fixed_domain or (0.0, max(float(values.max()), 1e-9))
+    return np.clip((values - low) / (high - low), 0, 1)
+
+
+def heatmap(
+    result: LensResult,
+    metric: str = "top1_prob",
+    *,
+    target: int | None = None,
+    window: tuple[int, int] | None = None,
+    color_domain: tuple[float, float] | None = None,
+    selected: tuple[int, int] | None = None,
+    selectable: bool = True,
+    title: str | None = None,
+) -> alt.LayerChart:
+    """Rows are layers (output at the top), columns input tokens; each cell shows its top-1 guess.
+
+    When ``selectable``, clicking a cell selects it (selection ``cell``, fields row and
+    position) and ``selected`` is outlined; charts drawn together must not all be selectable.
+    """
+    info = METRICS[metric]
+    frame = heatmap_frame(result, metric, target, window)
+    rows_top_down = list(reversed(result.layers))
+    columns = list(frame.drop_duplicates("position").sort_values("position").column)
+    domain = color_domain or info.fixed_domain
+    scale_options = {"scheme": info.scheme, "type": "log" if info.log else "linear", "reverse": info.log}
+    if domain is not None:
+        scale_options["domain"] = list(domain)
+    initial = {"value": [{"row": selected[0], "position": selected[1]}]} if selected is not None else {}
+    pick = alt.selection_point(name=SELECTION, fields=["row", "position"], on="click", toggle=False, **initial)
+    tooltip = [
+        alt.Tooltip("token:N", title="input token"),
+        alt.Tooltip("layer:N", title="layer"),
+        alt.Tooltip("value:Q", title=info.title, format=".3g"),
+        *[alt.Tooltip(f"top {k + 1}:N") for k in range(result.top_k)],
+    ]
+    x = alt.X(
+        "column:O",
+        sort=columns,
+        title="input token (position)",
+        axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
+    )
+    y = alt.Y("layer:O", sort=rows_top_down, title="layer")
+    base = alt.Chart(frame).encode(x=x, y=y)
+    color = alt.Color(
+        "value:Q",
+        title=info.title,
+        scale=alt.Scale(**scale_options),
+        legend=alt.Legend(orient="top", gradientLength=220),
+    )
+    cells = base.mark_rect(stroke="white", strokeWidth=0.5).encode(color=color, tooltip=tooltip)
+    if selectable:
+        cells = cells.encode(
+            strokeWidth=alt.condition(pick, alt.value(2.5), alt.value(0.5)),
+            stroke=alt.condition(pick, alt.value("#d62728"), alt.value("white")),
+        ).add_params(pick)
+    labels = base.mark_text(fontSize=11, limit=70).encode(
+        text="top1:N",
+        color=alt.condition(alt.datum.shade > 0.55, alt.value("white"), alt.value("black")),
+        tooltip=tooltip,
+    )
+    width = max(300, 52 * len(columns))
+    height = max(120, 26 * result.n_rows)
+    return (cells + labels).properties(width=width, height=height, title=title or "", autosize=PAD)
+
+
+def topk_frame(result: LensResult, row: int, position: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "rank": np.arange(1, result.top_k + 1),
+            "token": result.top_tokens[row, position],
+            "probability": result.top_probs[row, position].astype(float),
+        }
+    )
+
+
+def topk_bars(result: LensResult, row: int, position: int) -> alt.Chart:
+    """The selected cell's top-k as horizontal bars, most likely first."""
+    frame = topk_frame(result, row, position)
+    title = alt.TitleParams(
+        f"Top {result.top_k}: {result.layers[row]}", subtitle=f"after {position} {result.tokens[position]}"
+    )
+    bars = (
+        alt.Chart(frame)
+        .mark_bar(color="#4c78a8")
+        .encode(
+            x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1.3]), axis=alt.Axis(format="%", values=[0, 0.5, 1])),
+            y=alt.Y("token:N", sort=list(frame.token), title=None),
+            tooltip=["rank:Q", "token:N", alt.Tooltip("probability:Q", format=".2%")],
+        )
+    )
+    text = bars.mark_text(align="left", dx=3).encode(text=alt.Text("probability:Q", format=".1%"))
+    return (bars + text).properties(width=200, height=max(120, 22 * result.top_k), title=title, autosize=PAD)
+
+
+MEASURES = {"probability": "Probability", "log_probability": "Log-probability (nats)", "rank": "Rank (log scale)"}
+
+
+def trajectory_frame(result: LensResult, position: int, measure: str = "probability") -> pd.DataFrame:
+    """Long frame: one row per (tracked token, layer) at one position, from the result's targets."""
+    records = []
+    for t, name in enumerate(result.targets):
+        for r, layer in enumerate(result.layers):
+            prob = float(result.target_probs[t, r, position])
+            value = {
+                "probability": prob,
+                "log_probability": float(np.log(max(prob, 1e-45))),
+                "rank": int(result.target_ranks[t, r, position]),
+            }[measure]
+            records.append({"token": name, "row": r, "layer": layer, "value": value})
+    return pd.DataFrame.from_records(records, columns=["token", "row", "layer", "value"])
+
+
+def trajectory_chart(result: LensResult, position: int, measure: str = "probability", title: str = "") -> alt.Chart:
+    """One line per tracked token across layers, bottom layer on the left."""
+    frame = trajectory_frame(result, position, measure)
+    return _lines(frame, result.layers, measure, color_field="token", color_title="token", title=title)
+
+
+def _lines(
+    frame: pd.DataFrame, layers: Sequence[str], measure: str, color_field: str, color_title: str, title: str
+) -> alt.Chart:
+    log = measure == "rank"
+    y_scale = alt.Scale(type="log", reverse=True) if log else alt.Scale(zero=measure == "probability")
+    y = alt.Y("value:Q", title=MEASURES[measure], scale=y_scale)
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40)),
+            y=y,
+            color=alt.Color(f"{color_field}:N", title=color_title),
+            tooltip=[f"{color_field}:N", "layer:O", alt.Tooltip("value:Q", format=".4g")],
+        )
+        .properties(width=520, height=320, title=title, autosize=PAD)
+    )
+
+
+def compare_trajectory_chart(
+    results: Mapping[str, LensResult], target_index: int = 0, measure: str = "probability"
+) -> alt.Chart:
+    """The target's trajectory at each result's last position, one line per prompt or model."""
+    frames = []
+    for label, result in results.items():
+        frame = trajectory_frame(result, result.n_positions - 1, measure)
+        frame = frame[frame.token == result.targets[target_index]].assign(source=label)
+        frames.append(frame)
+    layers = max((r.layers for r in results.values()), key=len)
+    return _lines(
+        pd.concat(frames, ignore_index=True),
+        layers,
+        measure,
+        "source",
+        "prompt / model",
+        title="Target across layers, last position",
+    )
+
+
+def divergence_chart(frame: pd.DataFrame, layers: Sequence[str], title: str) -> alt.Chart:
+    """Per-layer divergence lines; ``frame`` has columns pair, layer, value."""
+    return (
+        alt.Chart(frame)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40)),
+            y=alt.Y("value:Q", title=title),
+            color=alt.Color("pair:N", title="compared"),
+            tooltip=["pair:N", "layer:O", alt.Tooltip("value:Q", format=".4f")],
+        )
+        .properties(width=520, height=280, title=title, autosize=PAD)
+    )

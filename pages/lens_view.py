@@ -1,0 +1,54 @@
+"""Home page: the layer-by-position heatmap of the model's guesses."""
+
+import streamlit as st
+
+from lens import charts
+from ui import page
+
+WINDOW = 12
+
+st.title("Logit lens")
+with st.expander("What am I looking at?"):
+    st.markdown(
+        "A language model reads your prompt one token at a time and, at every position, guesses the **next** "
+        "token. It does so in stages (layers). The *logit lens* asks each layer: *if you had to answer now, "
+        "what would you say?*\n\n"
+        "- **Columns** are the tokens of your prompt (␣ marks a space).\n"
+        "- **Rows** are layers, from the first (bottom) to the model's real output (top).\n"
+        "- **Each cell** shows that layer's best guess for the token that comes *after* its column; "
+        "the colour shows the measure you pick below. Hover for the top guesses, click a cell for a bar chart."
+    )
+
+ctx = page.context()
+result = ctx.result
+metric = st.selectbox(
+    "Colour by",
+    list(charts.METRICS),
+    format_func=lambda key: charts.METRICS[key].title,
+    key="metric",
+    bind="query-params",
+    help="Top-1 probability: how sure the layer is. Entropy: how spread out its guesses are. KL to final output: "
+    "how far it is from the model's real answer. Target: how the token you typed in the sidebar fares.",
+)
+target = None
+if charts.METRICS[metric].needs_target:
+    if ctx.settings.target:
+        result = page.with_targets(ctx.settings, [ctx.settings.target])
+        target = result.target_ids[0]
+    else:
+        st.info("Type a target token in the sidebar to colour by it; showing top-1 probability meanwhile.")
+        metric = "top1_prob"
+for warning in result.warnings:
+    st.warning(warning)
+
+window = page.position_window(result, WINDOW)
+default_cell = (result.n_rows - 1, result.n_positions - 1)
+row, position = page.selected_cell(result, default_cell)
+chart = charts.heatmap(result, metric, target=target, window=window, selected=(row, position))
+left, right = st.columns([5, 2])
+with left:
+    event = st.altair_chart(chart, on_select="rerun", selection_mode=charts.SELECTION, key="heatmap", width="content")
+    page.remember_cell(event)
+with right:
+    st.altair_chart(charts.topk_bars(result, *page.selected_cell(result, default_cell)), width="content")
+page.export_buttons(result, chart, "logit-lens")

@@ -1,0 +1,58 @@
+"""Cached engine calls. The model loads once per process; results are cached with a bound.
+
+``runs`` counts real lens runs (cache misses), so tests can check that display changes
+never run the model again.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import streamlit as st
+
+import lens
+from lens.compare import last_position_log_probs
+
+TOP_K_COMPUTED = 20  # computed once; the top-k slider only slices it
+runs: Counter[str] = Counter()
+
+
+@st.cache_resource(max_entries=2, show_spinner=False)
+def model(name: str, _progress=None) -> lens.LensModel:
+    """One shared model per name per process; the engine's lock serialises its runs."""
+    return lens.load_model(name, progress=_progress)
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def lens_result(model_name: str, prompt: str, prepend_bos: bool | None, points: tuple[str, ...]) -> lens.LensResult:
+    runs["lens"] += 1
+    return lens.run_lens(
+        model(model_name),
+        prompt,
+        top_k=TOP_K_COMPUTED,
+        prepend_bos=prepend_bos,
+        points=points,
+        keep_unembed_input=True,
+    )
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def with_targets(
+    model_name: str, prompt: str, prepend_bos: bool | None, points: tuple[str, ...], targets: tuple[str | int, ...]
+) -> lens.LensResult:
+    """The cached result with these targets: no forward pass, see lens.retarget."""
+    runs["retarget"] += 1
+    return lens.retarget(model(model_name), lens_result(model_name, prompt, prepend_bos, points), list(targets))
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def last_log_probs(model_name: str, prompt: str, prepend_bos: bool | None, points: tuple[str, ...]):
+    return last_position_log_probs(model(model_name), lens_result(model_name, prompt, prepend_bos, points))
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def target_tokens(model_name: str, text: str) -> tuple[list[int], list[str]]:
+    """How a typed target tokenizes: its ids and their readable names."""
+    m = model(model_name)
+    ids = lens.tokenize_target(m, text)
+    return ids, m.token_name.many(ids)

@@ -1,0 +1,77 @@
+"""Server-side settings from the environment, read on every call so tests can change them."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import lens
+
+DEMO_LABEL = "Demo (offline)"
+# Small causal LMs that TransformerLens supports and that fit a 2.7 GB CPU box in fp32.
+CURATED_MODELS: dict[str, str] = {
+    "demo": DEMO_LABEL,
+    "openai-community/gpt2": "GPT-2 small (124M)",
+    "distilbert/distilgpt2": "DistilGPT-2 (82M)",
+    "openai-community/gpt2-medium": "GPT-2 medium (355M)",
+    "EleutherAI/pythia-70m": "Pythia 70M",
+    "EleutherAI/pythia-160m": "Pythia 160M",
+    "EleutherAI/pythia-410m": "Pythia 410M",
+    "roneneldan/TinyStories-33M": "TinyStories 33M (GPT-Neo)",
+    "HuggingFaceTB/SmolLM2-135M": "SmolLM2 135M (Llama)",
+}
+EXAMPLE_PROMPTS = (
+    "The Eiffel Tower is in the city of",
+    "Once upon a time, there was a little girl named",
+    "The capital of Germany is Berlin. The capital of Italy is",
+    "One, two, three, four, five,",
+    "def add(a, b):\n    return",
+)
+DEFAULT_PROMPT = EXAMPLE_PROMPTS[0]
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    """What the person running the server allows (hosted mode sets these)."""
+
+    max_tokens: int
+    allowlist: tuple[str, ...]
+    allow_local: bool
+    default_model: str
+
+
+def limits() -> ServerLimits:
+    allow = tuple(m.strip() for m in os.environ.get("LENS_MODEL_ALLOWLIST", "").split(",") if m.strip())
+    try:
+        max_tokens = max(1, int(os.environ.get("LENS_MAX_TOKENS", "256")))
+    except ValueError:
+        max_tokens = 256
+    return ServerLimits(
+        max_tokens=max_tokens,
+        allowlist=allow,
+        allow_local=os.environ.get("LENS_ALLOW_LOCAL", "").strip() == "1",
+        default_model=os.environ.get("LENS_DEFAULT_MODEL", "").strip() or lens.DEFAULT_MODEL,
+    )
+
+
+def model_choices(server: ServerLimits) -> list[str]:
+    """Model ids for the picker: the server's default first, then the curated list."""
+    curated = [m for m in CURATED_MODELS if m == "demo" or not server.allowlist or m in server.allowlist]
+    return list(dict.fromkeys([server.default_model, *curated]))
+
+
+def model_label(model_id: str) -> str:
+    return CURATED_MODELS.get(model_id, model_id)
+
+
+def check_model_allowed(model_id: str, server: ServerLimits) -> str | None:
+    """Why a typed model may not be used here, or None when it may."""
+    if model_id in ("demo", server.default_model):
+        return None
+    looks_local = model_id.startswith((".", "/", "~")) or Path(model_id).expanduser().exists()
+    if looks_local and not server.allow_local:
+        return "Local folders are switched off on this server (its operator can set LENS_ALLOW_LOCAL=1)."
+    if server.allowlist and model_id not in server.allowlist:
+        return f"This server only offers these models: {', '.join(server.allowlist)}."
+    return None

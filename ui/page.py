@@ -1,0 +1,243 @@
+"""What every page does around its charts: load, run, report errors, export."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import altair as alt
+import streamlit as st
+
+import lens
+from ui import cached, config
+from ui.sidebar import Settings
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    model: lens.LensModel
+    result: lens.LensResult
+
+
+def settings() -> Settings:
+    return st.session_state["settings"]
+
+
+def show_error(message: str) -> None:
+    """One friendly line; for a model that can't be fetched, a one-click way to the demo."""
+    st.error(message, icon="⚠️")
+    if "Could not download" in message or "Could not load model" in message:
+        st.button("Use the offline demo model", type="primary", on_click=_switch_to_demo, key="use_demo")
+
+
+def _switch_to_demo() -> None:
+    st.session_state["model"] = "demo"
+    st.session_state.pop("failed_models", None)
+
+
+def load_model(name: str) -> lens.LensModel | None:
+    """The cached model, with progress shown while it downloads or loads; None after an error."""
+    failures: dict[str, str] = st.session_state.setdefault("failed_models", {})
+    problem = failures.get(name) or config.check_model_allowed(name, config.limits())
+    if not name:
+        problem = "Type a model id in the sidebar."
+    if problem:
+        show_error(problem)
+        if name in failures and st.button("Try again", key="retry_model"):
+            failures.pop(name)
+            st.rerun()
+        return None
+    started = time.monotonic()
+    try:
+        model = _load_showing_progress(name)
+    except lens.LensError as exc:
+        failures[name] = str(exc)
+        show_error(str(exc))
+        return None
+    if time.monotonic() - started > 1:
+        st.toast(f"{config.model_label(name)} loaded in {time.monotonic() - started:.1f} s")
+    return model
+
+
+def _load_showing_progress(name: str) -> lens.LensModel:
+    """Load in a worker thread while this one shows what is happening and for how long.
+
+    Streamlit elements can't be drawn from inside a cached function, so the loader only
+    posts messages; a cache hit returns at once and shows nothing.
+    """
+    messages: queue.Queue = queue.Queue()
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            outcome["model"] = cached.model(name, _progress=lambda message, fraction: messages.put((message, fraction)))
+        except Exception as exc:  # noqa: BLE001 - handed to the page thread below
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, daemon=True)
+    started = time.monotonic()
+    worker.start()
+    worker.join(0.2)
+    box = st.empty()
+    message, fraction = f"Loading {config.model_label(name)}", None
+    while worker.is_alive():
+        while not messages.empty():
+            message, fraction = messages.get()
+        text = f"⏳ {message}… ({time.monotonic() - started:.0f} s)"
+        if fraction is None:
+            box.info(text)
+        else:
+            box.progress(min(max(fraction, 0.0), 1.0), text=text)
+        worker.join(0.25)
+    box.empty()
+    error = outcome.get("error")
+    if isinstance(error, lens.LensError):
+        raise error
+    if error is not None:
+        raise lens.LensError(f"Could not load model '{name}': {error}")
+    return outcome["model"]
+
+
+def check_length(model: lens.LensModel, s: Settings) -> None:
+    """Refuse prompts over the server's token limit before running anything."""
+    n = len(lens.tokenize_prompt(model, s.prompt, s.prepend_bos))
+    limit = config.limits().max_tokens
+    if n > limit:
+        raise lens.LensError(f"The prompt is {n} tokens long; this server reads at most {limit} (LENS_MAX_TOKENS).")
+
+
+def run(model: lens.LensModel, s: Settings, prompt: str | None = None, model_name: str | None = None):
+    """The cached lens result for the sidebar's settings (or another prompt/model), top-k sliced."""
+    prompt = s.prompt if prompt is None else prompt
+    model_name = model_name or s.model_name
+    check_length(model, replace(s, prompt=prompt))
+    with st.spinner(f"Running the lens on {config.model_label(model_name)}…", show_time=True):
+        result = cached.lens_result(model_name, prompt, s.prepend_bos, s.points)
+    return with_top_k(result, s.top_k)
+
+
+def with_top_k(result: lens.LensResult, k: int) -> lens.LensResult:
+    return replace(
+        result,
+        top_ids=result.top_ids[..., :k],
+        top_probs=result.top_probs[..., :k],
+        top_tokens=result.top_tokens[..., :k],
+    )
+
+
+def context() -> Context:
+    """Settings, model and result for this page, or a friendly error and a stop."""
+    s = settings()
+    model = load_model(s.model_name)
+    if model is None:
+        st.stop()
+    try:
+        result = run(model, s)
+    except lens.LensError as exc:
+        show_error(str(exc))
+        st.stop()
+    describe_target(model, s)
+    return Context(s, model, result)
+
+
+def describe_target(model: lens.LensModel, s: Settings) -> None:
+    """Under the target box: how the typed target tokenizes."""
+    caption = st.session_state.get("target_caption")
+    if caption is None or not s.target:
+        return
+    try:
+        ids, names = cached.target_tokens(s.model_name, s.target)
+    except lens.LensError as exc:
+        caption.caption(f"⚠️ {exc}")
+        return
+    pieces = " + ".join(f"`{n}`" for n in names)
+    if len(ids) == 1:
+        caption.caption(f"One token: {pieces} (id {ids[0]})")
+    else:
+        caption.caption(f"⚠️ {len(ids)} tokens: {pieces}. The lens follows the first, `{names[0]}`.")
+
+
+def with_targets(
+    s: Settings, targets: Sequence[str | int], prompt: str | None = None, model_name: str | None = None
+) -> lens.LensResult:
+    """The result with these targets tracked, from the cache: never a new forward pass."""
+    result = cached.with_targets(
+        model_name or s.model_name, s.prompt if prompt is None else prompt, s.prepend_bos, s.points, tuple(targets)
+    )
+    return with_top_k(result, s.top_k)
+
+
+def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str) -> None:
+    """Downloads of the result (CSV, JSON) and the chart (PNG, SVG), made only when clicked."""
+    spec = chart.to_json()
+
+    def png() -> bytes:
+        import vl_convert
+
+        return vl_convert.vegalite_to_png(spec, scale=2)
+
+    def svg() -> str:
+        import vl_convert
+
+        return vl_convert.vegalite_to_svg(spec)
+
+    cols = st.columns([1, 1, 1, 1, 6], gap="small")
+    cols[0].download_button(
+        "CSV",
+        lambda: result.to_frame().to_csv(index=False),
+        f"{stem}.csv",
+        "text/csv",
+        key=f"{stem}_csv",
+        help="One row per (layer, position): top-k, entropy, KL, targets.",
+    )
+    cols[1].download_button(
+        "JSON",
+        lambda: result.to_json(include_unembed_input=False),
+        f"{stem}.json",
+        "application/json",
+        key=f"{stem}_json",
+        help="The full result; lens.LensResult.from_json reads it back.",
+    )
+    cols[2].download_button("PNG", png, f"{stem}.png", "image/png", key=f"{stem}_png")
+    cols[3].download_button("SVG", svg, f"{stem}.svg", "image/svg+xml", key=f"{stem}_svg")
+
+
+def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | None:
+    """A slider over positions for long prompts; moving it recomputes nothing."""
+    n = result.n_positions
+    if n <= width:
+        return None
+    stored = st.session_state.get("window")
+    if stored is not None and not (0 <= stored[0] <= stored[1] <= n - 1):
+        st.session_state["window"] = (max(0, n - width), n - 1)
+    first, last = st.slider(
+        "Positions shown",
+        0,
+        n - 1,
+        (n - width, n - 1),
+        key="window",
+        bind="query-params",
+        help="Long prompts show a window of positions so the tokens stay readable.",
+    )
+    return first, last + 1
+
+
+def selected_cell(result: lens.LensResult, default: tuple[int, int]) -> tuple[int, int]:
+    row, position = st.session_state.get("cell", default)
+    if not (0 <= row < result.n_rows and 0 <= position < result.n_positions):
+        return default
+    return row, position
+
+
+def remember_cell(event) -> None:
+    """Keep the clicked cell across reruns (changing the metric redraws the chart)."""
+    picked = (event or {}).get("selection", {}).get("cell") or []
+    if picked:
+        cell = (int(picked[0]["row"]), int(picked[0]["position"]))
+        if st.session_state.get("cell") != cell:
+            st.session_state["cell"] = cell
+            st.rerun()

@@ -1,0 +1,120 @@
+"""The sidebar every page shares. Its widgets live in the URL, so a link reproduces the view."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import streamlit as st
+
+from ui import config
+
+OTHER = "__other__"
+BOS_OPTIONS = {"default": "Model default", "on": "Always", "off": "Never"}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_name: str
+    prompt: str
+    prepend_bos: bool | None
+    points: tuple[str, ...]
+    top_k: int
+    target: str
+
+
+def _use_example() -> None:
+    example = st.session_state.get("example")
+    if example:
+        st.session_state["prompt"] = example
+    st.session_state["example"] = None
+
+
+def render() -> Settings:
+    """Draw the sidebar and return what it says."""
+    server = config.limits()
+    choices = config.model_choices(server)
+    with st.sidebar:
+        st.header("Model and prompt")
+        picked = st.selectbox(
+            "Model",
+            [*choices, OTHER],
+            format_func=lambda m: "Other model id…" if m == OTHER else config.model_label(m),
+            key="model",
+            bind="query-params",
+            help="Small models run quickly on a CPU. 'Demo (offline)' is bundled and needs no network.",
+        )
+        model_name = picked
+        if picked == OTHER:
+            hint = "a Hugging Face id" + (" or a local folder" if server.allow_local else "")
+            model_name = st.text_input(
+                "Model id",
+                key="model_id",
+                bind="query-params",
+                placeholder="EleutherAI/pythia-70m",
+                help=f"Type {hint} of a causal language model that TransformerLens supports.",
+            ).strip()
+        prompt = st.text_area(
+            "Prompt",
+            value=config.DEFAULT_PROMPT,
+            key="prompt",
+            bind="query-params",
+            height=100,
+            help="The text the model reads. The lens shows its guess for the next token at every position.",
+        )
+        st.selectbox(
+            "Or pick an example",
+            [None, *config.EXAMPLE_PROMPTS],
+            key="example",
+            on_change=_use_example,
+            format_func=lambda p: "—" if p is None else p.replace("\n", " ⏎ "),
+        )
+        target = st.text_input(
+            "Target token",
+            key="target",
+            bind="query-params",
+            placeholder="e.g. ' Paris' (with its space)",
+            help="A token to follow through the layers: its probability and rank in every cell. "
+            "Most tokens start with a space, so type ' Paris' rather than 'Paris'.",
+        )
+        st.session_state["target_caption"] = st.empty()
+        with st.expander("More settings"):
+            bos = st.radio(
+                "Start-of-text token",
+                list(BOS_OPTIONS),
+                format_func=BOS_OPTIONS.get,
+                key="bos",
+                bind="query-params",
+                horizontal=True,
+                help="Whether the model first reads its beginning-of-sequence token. 'Model default' does what "
+                "the model does; the first position's guesses are often odd without it.",
+            )
+            embed = st.toggle(
+                "Show the embedding row",
+                key="embed_row",
+                bind="query-params",
+                help="The lens on the token embeddings, before any layer.",
+            )
+            attn = st.toggle(
+                "Show after-attention rows",
+                key="attn_rows",
+                bind="query-params",
+                help="A row after each layer's attention, before its MLP.",
+            )
+            top_k = st.slider(
+                "Top-k tokens per cell",
+                1,
+                20,
+                5,
+                key="top_k",
+                bind="query-params",
+                help="How many of the most likely tokens the tooltips and bar chart list.",
+            )
+    points = ("resid_pre",) * embed + ("resid_mid",) * attn + ("resid_post",)
+    return Settings(
+        model_name=model_name,
+        prompt=prompt,
+        prepend_bos={"default": None, "on": True, "off": False}[bos],
+        points=points,
+        top_k=int(top_k),
+        target=target,
+    )
