@@ -214,10 +214,12 @@ def _lines(
         .encode(
             x=alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40)),
             y=y,
-            color=alt.Color(f"{color_field}:N", title=color_title),
+            color=alt.Color(
+                f"{color_field}:N", title=color_title, legend=alt.Legend(orient="top", columns=2, labelLimit=260)
+            ),
             tooltip=[f"{color_field}:N", "layer:O", alt.Tooltip("value:Q", format=".4g")],
         )
-        .properties(width=520, height=320, title=title, autosize=PAD)
+        .properties(width=480, height=300, title=title, autosize=PAD)
     )
 
 
@@ -241,15 +243,15 @@ def compare_trajectory_chart(
     )
 
 
-def divergence_chart(frame: pd.DataFrame, layers: Sequence[str], title: str) -> alt.Chart:
+def divergence_chart(frame: pd.DataFrame, layers: Sequence[str], title: str, axis_title: str) -> alt.Chart:
     """Per-layer divergence lines; ``frame`` has columns pair, layer, value."""
     return (
         alt.Chart(frame)
         .mark_line(point=True)
         .encode(
             x=alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40)),
-            y=alt.Y("value:Q", title=title),
-            color=alt.Color("pair:N", title="compared"),
+            y=alt.Y("value:Q", title=axis_title),
+            color=alt.Color("pair:N", title="compared", legend=alt.Legend(orient="top", labelLimit=400)),
             tooltip=["pair:N", "layer:O", alt.Tooltip("value:Q", format=".4f")],
         )
         .properties(width=520, height=280, title=title, autosize=PAD)

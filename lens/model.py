@@ -197,9 +197,7 @@ def download_snapshot(repo_id: str, progress: Progress | None = None) -> str:
                 progress(f"Downloading {repo_id}: file {self.n} of {self.total}", self.n / self.total)
             return shown
 
-    return snapshot_download(
-        repo_id, allow_patterns=["*.json", "*.txt", "*.model", *weights], tqdm_class=ReportingBar
-    )
+    return snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.model", *weights], tqdm_class=ReportingBar)
 
 
 def load_model(

@@ -7,6 +7,7 @@ from lens import charts
 from lens.compare import js_divergence, same_vocabulary
 from ui import cached, config, page
 
+page.run_through_app()
 st.title("Compare")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -34,7 +35,7 @@ if mode == "prompts":
         help="Two to four prompts. The first is the reference for the divergence chart.",
     )
     prompts = [line for line in text.splitlines() if line.strip()][:4]
-    runs = {f"#{i + 1} {p[:40]}": (s.model_name, p) for i, p in enumerate(prompts)}
+    runs = {f"#{i + 1} {p if len(p) <= 36 else '…' + p[-35:]}": (s.model_name, p) for i, p in enumerate(prompts)}
 else:
     choices = [m for m in config.model_choices(config.limits()) if m != s.model_name]
     other = st.selectbox("Second model", choices, format_func=config.model_label, key="model_b", bind="query-params")
@@ -120,7 +121,7 @@ else:
     frame = pd.DataFrame(rows)
     st.altair_chart(
         charts.divergence_chart(
-            frame, results[reference].layers, "Jensen–Shannon divergence at the last position (bits)"
+            frame, results[reference].layers, "Jensen–Shannon divergence, last position", "JS divergence (bits)"
         ),
         width="content",
     )

@@ -7,6 +7,7 @@ from ui import page
 
 WINDOW = 12
 
+page.run_through_app()
 st.title("Logit lens")
 with st.expander("What am I looking at?"):
     st.markdown(

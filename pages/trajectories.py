@@ -5,6 +5,7 @@ import streamlit as st
 from lens import charts
 from ui import page
 
+page.run_through_app()
 st.title("Token trajectories")
 with st.expander("What am I looking at?"):
     st.markdown(

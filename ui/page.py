@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import queue
+import runpy
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import altair as alt
 import streamlit as st
@@ -21,6 +23,23 @@ class Context:
     settings: Settings
     model: lens.LensModel
     result: lens.LensResult
+
+
+APP = Path(__file__).resolve().parent.parent / "app.py"
+
+
+def run_through_app() -> None:
+    """Make sure app.py, with its navigation and sidebar, drives this run.
+
+    When the very first request a server sees opens a sub-page URL, Streamlit runs that
+    page file on its own (its legacy pages/ folder mode) until app.py has called
+    st.navigation once. Then run app.py, which draws this same page, and stop here.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        runpy.run_path(str(APP), run_name="__main__")
+        st.stop()
 
 
 def settings() -> Settings:

@@ -1,0 +1,159 @@
+"""The dashboard under Streamlit's AppTest, on the real stories260K model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
+from streamlit.testing.v1 import AppTest
+
+from lens import run_lens
+from tests.conftest import ROOT, STORIES, require_shared
+from ui import cached
+
+STORY = "Once upon a time, there was a little girl named"
+
+
+@pytest.fixture
+def app(monkeypatch):
+    require_shared()
+    monkeypatch.setenv("LENS_DEFAULT_MODEL", str(STORIES))
+    monkeypatch.delenv("LENS_ALLOW_LOCAL", raising=False)
+    monkeypatch.delenv("LENS_MODEL_ALLOWLIST", raising=False)
+    monkeypatch.delenv("LENS_MAX_TOKENS", raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params["prompt"] = STORY
+    return at
+
+
+def charts(at: AppTest):
+    return list(at.get("vega_lite_chart"))
+
+
+def chart_data(element):
+    return convert_arrow_bytes_to_pandas_df(element.proto.datasets[0].data.data)
+
+
+def assert_no_failure(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+
+
+def test_lens_page_heatmap_holds_the_engine_top1(app, stories):
+    app.run()
+    assert_no_failure(app)
+    heatmap = chart_data(charts(app)[0])
+    expected = run_lens(stories, STORY, top_k=5)
+    for row, position, top1 in heatmap[["row", "position", "top1"]].itertuples(index=False):
+        assert top1 == expected.top_tokens[row, position, 0]
+    assert set(heatmap.position) == set(range(expected.n_positions - 12, expected.n_positions))  # the window
+    top_bars = chart_data(charts(app)[1])
+    assert top_bars.token.iloc[0] == "␣Lily"
+
+
+def test_switching_metric_window_and_target_never_reruns_the_model(app, stories):
+    app.run()
+    runs_before = cached.runs["lens"]
+    app.selectbox(key="metric").set_value("entropy").run()
+    assert_no_failure(app)
+    heatmap = chart_data(charts(app)[0])
+    expected = run_lens(stories, STORY)
+    for row, position, value in heatmap[["row", "position", "value"]].itertuples(index=False):
+        assert np.isclose(value, expected.entropy[row, position], atol=1e-6)
+    app.slider(key="window").set_value((0, 11)).run()
+    app.text_input(key="target").set_value(" Lily").run()
+    app.selectbox(key="metric").set_value("target_rank").run()
+    assert_no_failure(app)
+    ranks = chart_data(charts(app)[0])
+    last = ranks[(ranks.row == ranks.row.max())]
+    assert set(last.position) == set(range(12))
+    assert cached.runs["lens"] == runs_before
+    spec = json.loads(charts(app)[0].proto.spec)
+    assert spec["layer"][0]["encoding"]["color"]["scale"]["type"] == "log"
+
+
+def test_query_params_reproduce_the_view(app):
+    app.query_params.update({"target": " Lily", "top_k": "3", "metric": "Target probability", "bos": "off"})
+    app.run()
+    assert_no_failure(app)
+    assert app.text_input(key="target").value == " Lily"
+    assert app.slider(key="top_k").value == 3
+    assert app.selectbox(key="metric").value == "target_prob"
+    heatmap = chart_data(charts(app)[0])
+    assert {"top 1", "top 2", "top 3"} <= set(heatmap.columns) and "top 4" not in heatmap.columns
+    assert heatmap.token.iloc[0] != "<s>"  # BOS off
+    assert np.isclose(heatmap.value.max(), heatmap[heatmap.top1 == "␣Lily"].value.max())
+
+
+def test_trajectories_page(app, stories):
+    app.switch_page("pages/trajectories.py").run()
+    assert_no_failure(app)
+    lines = chart_data(charts(app)[0])
+    expected = run_lens(stories, STORY, top_k=5)
+    assert set(lines.token) == set(expected.top_tokens[-1, -1])
+    lily = lines[(lines.token == "␣Lily")].sort_values("row").value.to_numpy()
+    final_index = list(expected.top_tokens[-1, -1]).index("␣Lily")
+    assert np.isclose(lily[-1], expected.top_probs[-1, -1, final_index], atol=1e-6)
+    app.radio(key="measure").set_value("rank").run()
+    ranks = chart_data(charts(app)[0])
+    assert ranks[(ranks.token == "␣Lily") & (ranks.row == ranks.row.max())].value.iloc[0] == 1
+
+
+def test_compare_page_two_prompts(app):
+    app.switch_page("pages/compare.py")
+    app.query_params["prompts"] = f"{STORY}\nOnce upon a time, there was a little boy named"
+    app.run()
+    assert_no_failure(app)
+    elements = charts(app)
+    assert len(elements) == 4  # two heatmaps, the target chart, the divergence chart
+    divergence = chart_data(elements[3])
+    assert (divergence.value >= 0).all() and (divergence.value <= 1).all()
+    assert divergence.sort_values("layer").value.iloc[-1] > 0.5  # Lily vs a boy's name at the output
+
+
+def test_compare_page_two_models_with_other_depth_explains(app):
+    app.switch_page("pages/compare.py")
+    app.query_params["compare_mode"] = "One prompt, two models"
+    app.run()
+    if app.error:  # no second model can be loaded offline besides the demo; the page says so in one line
+        assert all("\n" not in e.value for e in app.error)
+    else:
+        assert_no_failure(app)
+
+
+@pytest.mark.parametrize(
+    ("params", "env", "message"),
+    [
+        ({"prompt": " "}, {}, "prompt is empty"),
+        ({}, {"LENS_MAX_TOKENS": "8"}, "at most 8"),
+        ({"model": "Other model id…", "model_id": "nobody/no-such-model"}, {}, "Could not download"),
+        ({"model": "Other model id…", "model_id": "/tmp"}, {}, "LENS_ALLOW_LOCAL"),
+        ({"model": "Other model id…", "model_id": "EleutherAI/pythia-70m"},
+         {"LENS_MODEL_ALLOWLIST": "openai-community/gpt2"}, "only offers"),
+    ],
+)
+def test_bad_input_shows_one_friendly_error(app, monkeypatch, params, env, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    app.query_params.update(params)
+    app.run()
+    assert not app.exception
+    assert any(message in e.value for e in app.error), [e.value for e in app.error]
+    assert len(app.sidebar.text_area) == 1  # the rest of the app is still there
+
+
+def test_unreachable_model_offers_the_demo_in_one_click(app):
+    app.query_params.update({"model": "Other model id…", "model_id": "nobody/no-such-model"})
+    app.run()
+    assert app.button(key="use_demo")
+    app.button(key="use_demo").click().run()
+    assert app.selectbox(key="model").value == "demo"
+
+
+def test_several_token_target_warns(app):
+    app.query_params.update({"target": "Lilyanna", "metric": "Target probability"})
+    app.run()
+    assert not app.exception
+    assert any("first token" in w.value for w in app.warning)
