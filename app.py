@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from ui import sidebar
+from ui import page, sidebar
 
 st.set_page_config(page_title="Logit lens", page_icon=":material/grid_on:", layout="wide")
 
@@ -13,5 +13,6 @@ pages = st.navigation(
         st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     ]
 )
+page.style()
 st.session_state["settings"] = sidebar.render()
 pages.run()

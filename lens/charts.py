@@ -134,19 +134,22 @@ def heatmap(
         legend=alt.Legend(orient="top", gradientLength=220),
     )
     cells = base.mark_rect(stroke="white", strokeWidth=0.5).encode(color=color, tooltip=tooltip)
-    if selectable:
-        cells = cells.encode(
-            strokeWidth=alt.condition(pick, alt.value(2.5), alt.value(0.5)),
-            stroke=alt.condition(pick, alt.value("#d62728"), alt.value("white")),
-        ).add_params(pick)
     labels = base.mark_text(fontSize=11, limit=70).encode(
         text="top1:N",
         color=alt.condition(alt.datum.shade > 0.55, alt.value("white"), alt.value("black")),
         tooltip=tooltip,
     )
+    if selectable:
+        # Labels sit on top of their cells; pages make them transparent to the pointer
+        # (CSS in ui.page.style) so a click anywhere in a cell reaches the cell.
+        cells = cells.encode(
+            strokeWidth=alt.condition(pick, alt.value(2.5), alt.value(0.5)),
+            stroke=alt.condition(pick, alt.value("#d62728"), alt.value("white")),
+        ).add_params(pick)
+    chart = cells + labels
     width = max(300, 52 * len(columns))
     height = max(120, 26 * result.n_rows)
-    return (cells + labels).properties(width=width, height=height, title=title or "", autosize=PAD)
+    return chart.properties(width=width, height=height, title=title or "", autosize=PAD)
 
 
 def topk_frame(result: LensResult, row: int, position: int) -> pd.DataFrame:

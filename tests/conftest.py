@@ -18,6 +18,15 @@ STORIES = SHARED_MODELS / "stories260K"
 GPT2_TOKENIZER = SHARED_MODELS / "gpt2-tokenizer"
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: drives a real browser; runs after everything else")
+
+
+def pytest_collection_modifyitems(items):
+    """The slow browser test goes last, so a fast failure elsewhere shows first."""
+    items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
+
+
 def require_shared() -> None:
     """Skip in a user's own clone without ../shared; in CI its absence is a failure."""
     if not STORIES.is_dir():

@@ -42,6 +42,11 @@ def run_through_app() -> None:
         st.stop()
 
 
+def style() -> None:
+    """Page-wide CSS: heatmap labels let clicks and hovers through to the cell beneath."""
+    st.html("<style>[data-testid=stVegaLiteChart] g.mark-text text { pointer-events: none; }</style>")
+
+
 def settings() -> Settings:
     return st.session_state["settings"]
 
