@@ -126,7 +126,7 @@ def heatmap(
         axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
     )
     y = alt.Y("layer:O", sort=rows_top_down, title="layer")
-    base = alt.Chart(frame).encode(x=x, y=y)
+    base = alt.Chart().encode(x=x, y=y)  # data goes on the layer: Altair hashes per-layer frames slowly
     color = alt.Color(
         "value:Q",
         title=info.title,
@@ -146,7 +146,7 @@ def heatmap(
             strokeWidth=alt.condition(pick, alt.value(2.5), alt.value(0.5)),
             stroke=alt.condition(pick, alt.value("#d62728"), alt.value("white")),
         ).add_params(pick)
-    chart = cells + labels
+    chart = alt.layer(cells, labels, data=frame)
     width = max(300, 52 * len(columns))
     height = max(120, 26 * result.n_rows)
     return chart.properties(width=width, height=height, title=title or "", autosize=PAD)
@@ -169,7 +169,7 @@ def topk_bars(result: LensResult, row: int, position: int) -> alt.Chart:
         f"Top {result.top_k}: {result.layers[row]}", subtitle=f"after {position} {result.tokens[position]}"
     )
     bars = (
-        alt.Chart(frame)
+        alt.Chart()
         .mark_bar(color="#4c78a8")
         .encode(
             x=alt.X("probability:Q", scale=alt.Scale(domain=[0, 1.3]), axis=alt.Axis(format="%", values=[0, 0.5, 1])),
@@ -178,7 +178,9 @@ def topk_bars(result: LensResult, row: int, position: int) -> alt.Chart:
         )
     )
     text = bars.mark_text(align="left", dx=3).encode(text=alt.Text("probability:Q", format=".1%"))
-    return (bars + text).properties(width=200, height=max(120, 22 * result.top_k), title=title, autosize=PAD)
+    return alt.layer(bars, text, data=frame).properties(
+        width=200, height=max(120, 22 * result.top_k), title=title, autosize=PAD
+    )
 
 
 MEASURES = {"probability": "Probability", "log_probability": "Log-probability (nats)", "rank": "Rank (log scale)"}

@@ -197,17 +197,16 @@ def with_targets(
 
 def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str) -> None:
     """Downloads of the result (CSV, JSON) and the chart (PNG, SVG), made only when clicked."""
-    spec = chart.to_json()
 
     def png() -> bytes:
         import vl_convert
 
-        return vl_convert.vegalite_to_png(spec, scale=2)
+        return vl_convert.vegalite_to_png(chart.to_json(), scale=2)
 
     def svg() -> str:
         import vl_convert
 
-        return vl_convert.vegalite_to_svg(spec)
+        return vl_convert.vegalite_to_svg(chart.to_json())
 
     cols = st.columns([1, 1, 1, 1, 6], gap="small")
     cols[0].download_button(
