@@ -3,6 +3,7 @@
 Importable without Streamlit; the dashboard and the CLI are thin layers over this.
 """
 
+from lens.corpus import corpus_stats
 from lens.engine import lens_rows, resolve_targets, retarget, run_lens, tokenize_prompt, tokenize_target
 from lens.errors import LensError
 from lens.model import DEFAULT_MODEL, LensModel, load_model
@@ -13,6 +14,7 @@ __all__ = [
     "LensError",
     "LensModel",
     "LensResult",
+    "corpus_stats",
     "lens_rows",
     "load_model",
     "resolve_targets",

@@ -176,12 +176,18 @@ def _chunk_cells(vocab: int) -> int:
 
 
 def cell_statistics(
-    model: LensModel, normed: torch.Tensor, top_k: int, target_ids: Sequence[int]
+    model: LensModel,
+    normed: torch.Tensor,
+    top_k: int,
+    target_ids: Sequence[int],
+    next_ids: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Exact per-cell statistics from final-norm outputs, chunk by chunk.
 
     Returns top-k ids and probabilities, log-normaliser, entropy, KL(final || row), and
     the targets' probabilities, logits and ranks. The final row must be ``normed[-1]``.
+    ``next_ids`` gives one token per position (the text's actual next token); its logit
+    in every cell comes back as ``next_logits``.
     """
     n_rows, n_pos, _ = normed.shape
     vocab = model.d_vocab
@@ -206,6 +212,9 @@ def cell_statistics(
         "target_logits": np.empty((len(targets), n_rows, n_pos), np.float32),
         "target_ranks": np.empty((len(targets), n_rows, n_pos), np.int64),
     }
+    if next_ids is not None:
+        next_tokens = torch.as_tensor(list(next_ids), dtype=torch.long, device=device)
+        out["next_logits"] = np.empty((n_rows, n_pos), np.float32)
     for start in range(0, n_pos, block):
         stop = min(start + block, n_pos)
         width = stop - start
@@ -222,6 +231,9 @@ def cell_statistics(
         top_values, top_ids = torch.topk(logits, k, dim=-1)
         target_logits = logits[:, targets]
         target_ranks = _ranks(logits, target_logits, greater_buf[:n_cells])
+        if next_ids is not None:
+            wanted = next_tokens[start:stop].repeat(n_rows).unsqueeze(1)
+            _store(out, "next_logits", torch.gather(logits, 1, wanted), positions, n_rows)
 
         shift = top_values[:, 0]
         logits.sub_(shift[:, None])

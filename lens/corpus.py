@@ -1,0 +1,144 @@
+"""Lens statistics over a corpus: how well each row predicts, averaged over many tokens.
+
+Texts stream through one window at a time, so memory holds one window's statistics,
+never the corpus. Every window is read by the same exact, chunked engine as one prompt.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from lens.engine import capture_normed, cell_statistics, lens_rows, uses_bos
+from lens.errors import LensError
+from lens.model import LensModel
+from lens.tokens import is_byte_level, piece_bytes
+
+DEFAULT_MAX_TOKENS = 20_000
+COLUMNS = [
+    "layer",
+    "n_tokens",
+    "cross_entropy",
+    "bits_per_byte",
+    "entropy",
+    "kl_to_final",
+    "top1_agreement",
+    "top1_accuracy",
+]
+# progress(tokens_done, tokens_expected or None, seconds_left or None)
+CorpusProgress = Callable[[int, "int | None", "float | None"], None]
+
+
+@dataclass
+class _Totals:
+    """Running sums over every predicted token, per row."""
+
+    n_rows: int
+    n_tokens: int = 0
+    n_bytes: int = 0
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def add(self, name: str, per_cell: np.ndarray) -> None:
+        self.sums[name] = self.sums.get(name, np.zeros(self.n_rows)) + per_cell.astype(np.float64).sum(axis=1)
+
+
+def corpus_stats(
+    model: LensModel,
+    texts: Iterable[str],
+    *,
+    points: Sequence[str] = ("resid_post",),
+    max_tokens: int = DEFAULT_MAX_TOKENS,
+    window: int | None = None,
+    prepend_bos: bool | None = None,
+    lens=None,
+    progress: CorpusProgress | None = None,
+) -> pd.DataFrame:
+    """One row per lens row: mean next-token loss, bits per byte, entropy, KL, top-1 scores.
+
+    A text longer than ``window`` (default: the model's context) is cut into windows,
+    each read on its own (with BOS when the model uses it). At most ``max_tokens``
+    tokens are read; ``frame.attrs`` says how many texts and tokens were read and
+    whether the cap cut the corpus.
+    """
+    if max_tokens < 2:
+        raise LensError("max_tokens must be at least 2.")
+    rows = lens_rows(model, points)
+    use_bos = uses_bos(model, prepend_bos)
+    window = min(window or model.n_ctx, model.n_ctx)
+    if window < 2 + use_bos:
+        raise LensError(f"A window of {window} tokens is too short to predict anything.")
+    translate = None
+    if lens is not None:
+        lens.check_compatible(model)
+        translate = lens.translator_for(rows)
+    byte_level = is_byte_level(model.tokenizer)
+    expected_chars = sum(len(t) for t in texts) if isinstance(texts, Sequence) else None
+    totals = _Totals(len(rows))
+    chars_done, n_texts, capped = 0, 0, False
+    started = time.monotonic()
+    for text in texts:
+        if not isinstance(text, str) or not text.strip():
+            continue
+        ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+        n_texts += 1
+        body = window - use_bos
+        for start in range(0, len(ids), body):
+            piece = ids[start : start + body]
+            budget = max_tokens - totals.n_tokens
+            if len(piece) - 1 + use_bos > budget:
+                piece, capped = piece[: budget + 1 - use_bos], True
+            fed = [model.tokenizer.bos_token_id] * use_bos + piece
+            if len(fed) >= 2:
+                _read_window(model, rows, fed, translate, totals, byte_level)
+            if capped:
+                break
+        chars_done += len(text)
+        if progress is not None:
+            progress(*_progress_figures(totals.n_tokens, chars_done, expected_chars, max_tokens, started))
+        if capped:
+            break
+    if totals.n_tokens == 0:
+        raise LensError("The texts hold no tokens to predict: give at least one text of two or more tokens.")
+    frame = _frame(rows, totals)
+    frame.attrs.update(n_texts=n_texts, n_tokens=totals.n_tokens, capped=capped, max_tokens=max_tokens)
+    return frame
+
+
+def _read_window(model, rows, fed: list[int], translate, totals: _Totals, byte_level: bool) -> None:
+    """Add one window's predictions (positions 0..n-2 predicting 1..n-1) to the totals."""
+    normed = capture_normed(model, fed, rows, translate)[:, :-1]
+    next_ids = fed[1:]
+    stats = cell_statistics(model, normed, 1, [], next_ids=next_ids)
+    log_prob_next = stats["next_logits"] - stats["log_normalizer"]
+    top1 = stats["top_ids"][..., 0]
+    totals.add("cross_entropy", -log_prob_next)
+    totals.add("entropy", stats["entropy"])
+    totals.add("kl_to_final", stats["kl_to_final"])
+    totals.add("top1_agreement", top1 == top1[-1])
+    totals.add("top1_accuracy", top1 == np.asarray(next_ids)[None, :])
+    totals.n_tokens += len(next_ids)
+    pieces = model.tokenizer.convert_ids_to_tokens(next_ids)
+    totals.n_bytes += sum(len(piece_bytes(p, byte_level)) for p in pieces)
+
+
+def _frame(rows, totals: _Totals) -> pd.DataFrame:
+    n = totals.n_tokens
+    mean = {name: values / n for name, values in totals.sums.items()}
+    frame = pd.DataFrame({"layer": [r.label for r in rows], "n_tokens": n, **mean})
+    frame["bits_per_byte"] = totals.sums["cross_entropy"] / math.log(2) / max(totals.n_bytes, 1)
+    return frame[COLUMNS]
+
+
+def _progress_figures(done: int, chars_done: int, expected_chars: int | None, cap: int, started: float):
+    """Tokens done, tokens expected (from the characters still to read), and seconds left."""
+    if expected_chars is None or chars_done == 0:
+        return done, None, None
+    expected = min(cap, round(done * expected_chars / chars_done))
+    elapsed = time.monotonic() - started
+    left = elapsed * (expected - done) / done if done else None
+    return done, expected, left
