@@ -261,3 +261,35 @@ def divergence_chart(frame: pd.DataFrame, layers: Sequence[str], title: str, axi
         )
         .properties(width=520, height=280, title=title, autosize=PAD)
     )
+
+
+CORPUS_METRICS = {
+    "cross_entropy": "Cross-entropy (nats/token)",
+    "bits_per_byte": "Bits per byte",
+    "top1_accuracy": "Top-1 accuracy",
+    "top1_agreement": "Top-1 agreement with output",
+    "kl_to_final": "KL to final output (nats)",
+    "entropy": "Entropy (nats)",
+}
+
+
+def corpus_chart(frame: pd.DataFrame, metric: str) -> alt.Chart:
+    """One corpus metric against depth; one line per ``source`` (model or lens) in the frame."""
+    data = frame.assign(depth=frame.groupby("source").cumcount())
+    percent = metric.startswith("top1")
+    return (
+        alt.Chart(data)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X("depth:O", title="layer (0 = first block; last = output)"),
+            y=alt.Y(f"{metric}:Q", title=CORPUS_METRICS[metric], axis=alt.Axis(format="%" if percent else "~g")),
+            color=alt.Color("source:N", title=None, legend=alt.Legend(orient="top", labelLimit=300)),
+            tooltip=[
+                "source:N",
+                "layer:N",
+                alt.Tooltip(f"{metric}:Q", format=".1%" if percent else ".4g"),
+                alt.Tooltip("n_tokens:Q", format=","),
+            ],
+        )
+        .properties(width=360, height=220, title=CORPUS_METRICS[metric], autosize=PAD)
+    )

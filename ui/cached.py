@@ -56,3 +56,10 @@ def target_tokens(model_name: str, text: str) -> tuple[list[int], list[str]]:
     m = model(model_name)
     ids = lens.tokenize_target(m, text)
     return ids, m.token_name.many(ids)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def corpus(model_name: str, texts: tuple[str, ...], points: tuple[str, ...], max_tokens: int, _progress=None):
+    """Corpus statistics, cached by content; ``_progress`` hears (tokens done, expected, seconds left)."""
+    runs["corpus"] += 1
+    return lens.corpus_stats(model(model_name), list(texts), points=points, max_tokens=max_tokens, progress=_progress)

@@ -36,6 +36,7 @@ class ServerLimits:
     """What the person running the server allows (hosted mode sets these)."""
 
     max_tokens: int
+    max_corpus_tokens: int
     allowlist: tuple[str, ...]
     allow_local: bool
     default_model: str
@@ -43,16 +44,20 @@ class ServerLimits:
 
 def limits() -> ServerLimits:
     allow = tuple(m.strip() for m in os.environ.get("LENS_MODEL_ALLOWLIST", "").split(",") if m.strip())
-    try:
-        max_tokens = max(1, int(os.environ.get("LENS_MAX_TOKENS", "256")))
-    except ValueError:
-        max_tokens = 256
     return ServerLimits(
-        max_tokens=max_tokens,
+        max_tokens=_positive_int("LENS_MAX_TOKENS", 256),
+        max_corpus_tokens=_positive_int("LENS_MAX_CORPUS_TOKENS", 20_000),
         allowlist=allow,
         allow_local=os.environ.get("LENS_ALLOW_LOCAL", "").strip() == "1",
         default_model=os.environ.get("LENS_DEFAULT_MODEL", "").strip() or lens.DEFAULT_MODEL,
     )
+
+
+def _positive_int(name: str, default: int) -> int:
+    try:
+        return max(2, int(os.environ.get(name, default)))
+    except ValueError:
+        return default
 
 
 def model_choices(server: ServerLimits) -> list[str]:

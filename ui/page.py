@@ -6,9 +6,10 @@ import queue
 import runpy
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TypeVar
 
 import altair as alt
 import streamlit as st
@@ -16,6 +17,9 @@ import streamlit as st
 import lens
 from ui import cached, config
 from ui.sidebar import Settings
+
+T = TypeVar("T")
+Report = Callable[[str, "float | None"], None]
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,9 @@ def load_model(name: str) -> lens.LensModel | None:
         return None
     started = time.monotonic()
     try:
-        model = _load_showing_progress(name)
+        model = with_progress(
+            lambda report: cached.model(name, _progress=report), f"Loading {config.model_label(name)}"
+        )
     except lens.LensError as exc:
         failures[name] = str(exc)
         show_error(str(exc))
@@ -87,31 +93,32 @@ def load_model(name: str) -> lens.LensModel | None:
     return model
 
 
-def _load_showing_progress(name: str) -> lens.LensModel:
-    """Load in a worker thread while this one shows what is happening and for how long.
+def with_progress(work: Callable[[Report], T], label: str) -> T:
+    """Run ``work(report)`` in a worker thread while this one shows its progress and time.
 
-    Streamlit elements can't be drawn from inside a cached function, so the loader only
-    posts messages; a cache hit returns at once and shows nothing.
+    Streamlit elements can't be drawn from inside a cached function, so the work only
+    posts ``(message, fraction)`` reports; a cache hit returns at once and shows nothing.
+    Errors are raised here as one-line LensErrors.
     """
     messages: queue.Queue = queue.Queue()
     outcome: dict[str, object] = {}
 
-    def work() -> None:
+    def run_work() -> None:
         try:
-            outcome["model"] = cached.model(name, _progress=lambda message, fraction: messages.put((message, fraction)))
+            outcome["value"] = work(lambda message, fraction: messages.put((message, fraction)))
         except Exception as exc:  # noqa: BLE001 - handed to the page thread below
             outcome["error"] = exc
 
-    worker = threading.Thread(target=work, daemon=True)
+    worker = threading.Thread(target=run_work, daemon=True)
     started = time.monotonic()
     worker.start()
     worker.join(0.2)
     box = st.empty()
-    message, fraction = f"Loading {config.model_label(name)}", None
+    message, fraction = label, None
     while worker.is_alive():
         while not messages.empty():
             message, fraction = messages.get()
-        text = f"⏳ {message}… ({time.monotonic() - started:.0f} s)"
+        text = f"⏳ {message} ({time.monotonic() - started:.0f} s)"
         if fraction is None:
             box.info(text)
         else:
@@ -122,8 +129,25 @@ def _load_showing_progress(name: str) -> lens.LensModel:
     if isinstance(error, lens.LensError):
         raise error
     if error is not None:
-        raise lens.LensError(f"Could not load model '{name}': {error}")
-    return outcome["model"]
+        raise lens.LensError(
+            f"{label} failed: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        )
+    return outcome["value"]
+
+
+def corpus_with_progress(model_name: str, texts: Sequence[str], points: tuple[str, ...], max_tokens: int):
+    """Cached corpus statistics, with a progress bar and an estimate of the time left."""
+    label = config.model_label(model_name)
+
+    def work(report: Report):
+        def tell(done: int, expected: int | None, left: float | None) -> None:
+            if expected:
+                eta = f", about {left:.0f} s left" if left is not None else ""
+                report(f"{label}: {done:,} of about {expected:,} tokens{eta}", done / expected)
+
+        return cached.corpus(model_name, tuple(texts), points, max_tokens, _progress=tell)
+
+    return with_progress(work, f"Reading {len(texts)} texts with {label}")
 
 
 def check_length(model: lens.LensModel, s: Settings) -> None:

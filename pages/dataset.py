@@ -1,0 +1,95 @@
+"""Corpus statistics: how well each layer predicts, averaged over many texts."""
+
+import pandas as pd
+import streamlit as st
+
+from lens import charts
+from ui import config, corpus_input, page
+
+page.run_through_app()
+st.title("Dataset statistics")
+with st.expander("What am I looking at?"):
+    st.markdown(
+        "One prompt is an anecdote. Here the lens reads many texts and averages, layer by layer: how surprised "
+        "each layer is by the real next token (**cross-entropy**, lower is better; **bits per byte** is the same "
+        "measured per character byte), how often its favourite is right (**top-1 accuracy**), how often it "
+        "already agrees with the output (**top-1 agreement**), and how far it is from the output (**KL**)."
+    )
+
+s = page.settings()
+source = st.radio(
+    "Texts",
+    ["sample", "paste", "upload"],
+    key="corpus_source",
+    bind="query-params",
+    horizontal=True,
+    format_func={"sample": "Bundled sample", "paste": "Paste texts", "upload": "Upload a file"}.get,
+)
+try:
+    if source == "sample":
+        texts = corpus_input.sample_texts()
+        st.caption(f"{len(texts)} public-domain lines: King James Bible, Shakespeare, Jane Austen.")
+    elif source == "paste":
+        texts = corpus_input.lines(st.text_area("Texts, one per line", key="corpus_text", height=160))
+    else:
+        upload = st.file_uploader(
+            "A .txt (one text per line), .csv or .jsonl file", type=["txt", "csv", "jsonl"], key="corpus_file"
+        )
+        texts = []
+        if upload is not None:
+            data, column = upload.getvalue(), None
+            if not upload.name.lower().endswith(".txt"):
+                columns = corpus_input.table_columns(upload.name, data)
+                column = st.selectbox(
+                    "Column holding the text",
+                    columns,
+                    key="corpus_column",
+                    index=columns.index("text") if "text" in columns else None,
+                )
+            texts = corpus_input.texts_from_file(upload.name, data, column)
+except Exception as exc:  # noqa: BLE001 - bad files are shown as one line
+    page.show_error(str(exc))
+    st.stop()
+if not texts:
+    st.info("Give some texts to read: paste them, upload a file, or use the bundled sample.")
+    st.stop()
+
+others = [m for m in config.model_choices(config.limits()) if m != s.model_name]
+second = st.selectbox(
+    "Overlay a second model",
+    [None, *others],
+    key="corpus_model_b",
+    bind="query-params",
+    format_func=lambda m: "—" if m is None else config.model_label(m),
+)
+limit = config.limits().max_corpus_tokens
+
+frames = []
+for model_name in [s.model_name, second]:
+    if model_name is None or page.load_model(model_name) is None:
+        continue
+    label = config.model_label(model_name)
+    try:
+        frame = page.corpus_with_progress(model_name, texts, s.points, limit)
+    except Exception as exc:  # noqa: BLE001 - shown as one line; the rest of the page stays
+        page.show_error(f"{label}: {exc}")
+        continue
+    if frame.attrs.get("capped"):
+        st.warning(f"{label}: only the first {limit:,} tokens were read (this server's cap, LENS_MAX_CORPUS_TOKENS).")
+    frames.append(frame.assign(source=label))
+if not frames:
+    st.stop()
+
+table = pd.concat(frames, ignore_index=True)
+st.caption(
+    f"{int(frames[0].n_tokens.iloc[0]):,} predicted tokens from {frames[0].attrs.get('n_texts', len(texts))} texts."
+)
+metrics = list(charts.CORPUS_METRICS)
+for left, right in zip(metrics[0::2], metrics[1::2], strict=True):
+    a, b = st.columns(2)
+    a.altair_chart(charts.corpus_chart(table, left), width="content")
+    b.altair_chart(charts.corpus_chart(table, right), width="content")
+st.dataframe(table.set_index(["source", "layer"]), width="stretch")
+st.download_button(
+    "Download the table (CSV)", table.to_csv(index=False), "lens-dataset.csv", "text/csv", key="corpus_csv"
+)
