@@ -130,8 +130,11 @@ def test_compare_page_two_models_with_other_depth_explains(app):
         ({}, {"LENS_MAX_TOKENS": "8"}, "at most 8"),
         ({"model": "Other model id…", "model_id": "nobody/no-such-model"}, {}, "Could not download"),
         ({"model": "Other model id…", "model_id": "/tmp"}, {}, "LENS_ALLOW_LOCAL"),
-        ({"model": "Other model id…", "model_id": "EleutherAI/pythia-70m"},
-         {"LENS_MODEL_ALLOWLIST": "openai-community/gpt2"}, "only offers"),
+        (
+            {"model": "Other model id…", "model_id": "EleutherAI/pythia-70m"},
+            {"LENS_MODEL_ALLOWLIST": "openai-community/gpt2"},
+            "only offers",
+        ),
     ],
 )
 def test_bad_input_shows_one_friendly_error(app, monkeypatch, params, env, message):
@@ -157,3 +160,52 @@ def test_several_token_target_warns(app):
     app.run()
     assert not app.exception
     assert any("first token" in w.value for w in app.warning)
+
+
+def test_dataset_page_with_the_bundled_sample(app):
+    app.switch_page("pages/dataset.py").run()
+    assert_no_failure(app)
+    elements = charts(app)
+    assert len(elements) == 6
+    for element in elements:
+        points = chart_data(element)
+        assert len(points) == 5 and points.layer.iloc[-1] == "L4 (output)"  # one point per layer
+    loss = chart_data(elements[0])
+    assert loss.cross_entropy.iloc[-1] < loss.cross_entropy.iloc[0]
+
+
+@pytest.mark.parametrize(
+    ("upload", "env", "message"),
+    [
+        (("empty.txt", b"", "text/plain"), {}, "is empty"),
+        (("latin1.txt", "café au lait\n".encode("latin-1"), "text/plain"), {}, "not UTF-8"),
+        (("stories.csv", b"title,body\nA,Once upon a time\n", "text/csv"), {}, "no column named 'text'"),
+        (
+            ("big.txt", ("Once upon a time there was a cat.\n" * 400).encode(), "text/plain"),
+            {"LENS_MAX_CORPUS_TOKENS": "50"},
+            "only the first 50 tokens",
+        ),
+    ],
+)
+def test_dataset_page_bad_files_get_a_message(app, monkeypatch, upload, env, message):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    app.switch_page("pages/dataset.py")
+    app.query_params["corpus_source"] = "Upload a file"
+    app.run()
+    app.get("file_uploader")[0].set_value(upload).run()
+    assert not app.exception
+    shown = [e.value for e in app.error] + [w.value for w in app.warning]
+    assert any(message in text for text in shown), shown
+    assert len(app.sidebar.text_area) == 1
+
+
+def test_dataset_page_csv_column_choice(app):
+    app.switch_page("pages/dataset.py")
+    app.query_params["corpus_source"] = "Upload a file"
+    app.run()
+    data = b"title,body\nA,Once upon a time there was a girl.\nB,Tom had a big red ball.\n"
+    app.get("file_uploader")[0].set_value(("stories.csv", data, "text/csv")).run()
+    app.selectbox(key="corpus_column").set_value("body").run()
+    assert_no_failure(app)
+    assert len(charts(app)) == 6

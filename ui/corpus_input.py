@@ -52,7 +52,9 @@ def texts_from_file(name: str, data: bytes, column: str | None = None) -> list[s
         texts = lines(text)
     elif suffix == ".csv":
         reader = csv.DictReader(io.StringIO(text))
-        if not column or column not in (reader.fieldnames or []):
+        if not column:
+            raise LensError(f"{name} has no column named 'text': choose the column that holds the texts.")
+        if column not in (reader.fieldnames or []):
             found = ", ".join(reader.fieldnames or []) or "none"
             raise LensError(f"{name} has no column '{column}'; its columns are: {found}.")
         texts = [str(row.get(column) or "").strip() for row in reader]
