@@ -293,3 +293,16 @@ def corpus_chart(frame: pd.DataFrame, metric: str) -> alt.Chart:
         )
         .properties(width=360, height=220, title=CORPUS_METRICS[metric], autosize=PAD)
     )
+
+
+def loss_chart(history: Sequence[float], title: str = "Training: mean KL to the output (nats)") -> alt.Chart:
+    """A tuned lens's training curve, one point per step."""
+    frame = pd.DataFrame({"step": np.arange(1, len(history) + 1), "kl": np.asarray(history, dtype=float)})
+    return (
+        alt.Chart(frame)
+        .mark_line()
+        .encode(
+            x=alt.X("step:Q"), y=alt.Y("kl:Q", title="KL (nats)"), tooltip=["step:Q", alt.Tooltip("kl:Q", format=".4f")]
+        )
+        .properties(width=480, height=220, title=title, autosize=PAD)
+    )

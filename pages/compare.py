@@ -5,7 +5,7 @@ import streamlit as st
 
 from lens import charts
 from lens.compare import js_divergence, same_vocabulary
-from ui import cached, config, page
+from ui import cached, config, lenses, page
 
 page.run_through_app()
 st.title("Compare")
@@ -20,11 +20,15 @@ with st.expander("What am I looking at?"):
 s = page.settings()
 mode = st.radio(
     "Compare",
-    ["prompts", "models"],
+    ["prompts", "models", "lenses"],
     key="compare_mode",
     bind="query-params",
     horizontal=True,
-    format_func={"prompts": "Several prompts, one model", "models": "One prompt, two models"}.get,
+    format_func={
+        "prompts": "Several prompts, one model",
+        "models": "One prompt, two models",
+        "lenses": "Logit lens vs tuned lens",
+    }.get,
 )
 if mode == "prompts":
     text = st.text_area(
@@ -35,29 +39,38 @@ if mode == "prompts":
         help="Two to four prompts. The first is the reference for the divergence chart.",
     )
     prompts = [line for line in text.splitlines() if line.strip()][:4]
-    runs = {f"#{i + 1} {p if len(p) <= 36 else '…' + p[-35:]}": (s.model_name, p) for i, p in enumerate(prompts)}
-else:
+    runs = {f"#{i + 1} {p if len(p) <= 36 else '…' + p[-35:]}": page.query(s, prompt=p) for i, p in enumerate(prompts)}
+elif mode == "models":
     choices = [m for m in config.model_choices(config.limits()) if m != s.model_name]
     other = st.selectbox("Second model", choices, format_func=config.model_label, key="model_b", bind="query-params")
-    runs = {config.model_label(s.model_name): (s.model_name, s.prompt), config.model_label(other): (other, s.prompt)}
+    runs = {
+        config.model_label(s.model_name): page.query(s, lens_source=None),
+        config.model_label(other): page.query(s, model_name=other, lens_source=None),
+    }
+else:
+    tuned = s.lens_source or next(iter(lenses.available(s.model_name).values()), None)
+    if tuned is None:
+        st.info("This model has no tuned lens yet: train one on the Tuned lens page, then come back.")
+        st.stop()
+    runs = {"Logit lens": page.query(s, lens_source=None), "Tuned lens": page.query(s, lens_source=tuned)}
 if len(runs) < 2:
     st.info("Give at least two prompts, one per line.")
     st.stop()
 
 models, results = {}, {}
 target = s.target or None  # with none typed, follow the first prompt's final answer
-for label, (model_name, prompt) in runs.items():
-    model = page.load_model(model_name)
+for label, q in runs.items():
+    model = page.load_model(q.model_name)
     if model is None:
         st.stop()
     try:
-        base = page.run(model, s, prompt=prompt, model_name=model_name)
+        base = page.run(model, q, s.top_k)
     except Exception as exc:  # noqa: BLE001 - every failure is shown as one line
         page.show_error(f"{label}: {exc}")
         st.stop()
     target = target if target is not None else int(base.top_ids[-1, -1, 0])
     models[label] = model
-    results[label] = page.with_targets(s, [target], prompt=prompt, model_name=model_name)
+    results[label] = page.with_targets(q, [target], s.top_k)
 page.describe_target(next(iter(models.values())), s)
 if not s.target:
     st.caption(f"No target typed: following `{next(iter(results.values())).targets[0]}`, the first one's answer.")
@@ -108,9 +121,7 @@ if len({r.n_rows for r in results.values()}) > 1:
 elif not all(same_vocabulary(models[reference], models[label]) for label in labels[1:]):
     st.info("The models use different vocabularies, so their guesses can't be compared token by token.")
 else:
-    log_probs = {
-        label: cached.last_log_probs(runs[label][0], runs[label][1], s.prepend_bos, s.points) for label in labels
-    }
+    log_probs = {label: cached.last_log_probs(runs[label]) for label in labels}
     rows = []
     for label in labels[1:]:
         divergence = js_divergence(log_probs[reference], log_probs[label])

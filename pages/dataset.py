@@ -64,13 +64,19 @@ second = st.selectbox(
 )
 limit = config.limits().max_corpus_tokens
 
+# The sidebar's model with the logit lens, with the tuned lens if one is picked, and a second model.
+readings = [
+    (s.model_name, None),
+    *([(s.model_name, s.lens_source)] if s.lens_source else []),
+    *([(second, None)] if second else []),
+]
 frames = []
-for model_name in [s.model_name, second]:
-    if model_name is None or page.load_model(model_name) is None:
+for model_name, lens_source in readings:
+    if page.load_model(model_name) is None:
         continue
-    label = config.model_label(model_name)
+    label = config.model_label(model_name) + (" · tuned lens" if lens_source else "")
     try:
-        frame = page.corpus_with_progress(model_name, texts, s.points, limit)
+        frame = page.corpus_with_progress(model_name, texts, s.points, limit, lens_source)
     except Exception as exc:  # noqa: BLE001 - shown as one line; the rest of the page stays
         page.show_error(f"{label}: {exc}")
         continue

@@ -34,7 +34,7 @@ metric = st.selectbox(
 target = None
 if charts.METRICS[metric].needs_target:
     if ctx.settings.target:
-        result = page.with_targets(ctx.settings, [ctx.settings.target])
+        result = page.with_targets(page.query(ctx.settings), [ctx.settings.target], ctx.settings.top_k)
         target = result.target_ids[0]
     else:
         st.info("Type a target token in the sidebar to colour by it; showing top-1 probability meanwhile.")

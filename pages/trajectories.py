@@ -49,7 +49,7 @@ measure = st.radio(
 if not tracked and not typed:
     st.info("Choose at least one token to follow.")
     st.stop()
-traced = page.with_targets(ctx.settings, [*tracked, *typed])
+traced = page.with_targets(page.query(ctx.settings), [*tracked, *typed], ctx.settings.top_k)
 for warning in traced.warnings:
     st.warning(warning)
 chart = charts.trajectory_chart(traced, position, measure, title=f"Position {position}: {result.tokens[position]}")

@@ -7,14 +7,27 @@ never run the model again.
 from __future__ import annotations
 
 from collections import Counter
+from typing import NamedTuple
 
 import streamlit as st
 
 import lens
 from lens.compare import last_position_log_probs
+from lens.tuned import TunedLens
+from ui.lenses import HUB_PREFIX
 
 TOP_K_COMPUTED = 20  # computed once; the top-k slider only slices it
 runs: Counter[str] = Counter()
+
+
+class LensQuery(NamedTuple):
+    """Everything that decides a lens result (and so its cache entry)."""
+
+    model_name: str
+    prompt: str
+    prepend_bos: bool | None
+    points: tuple[str, ...]
+    lens_source: str | None = None  # a tuned lens folder or hub:<model>; None is the logit lens
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
@@ -23,31 +36,39 @@ def model(name: str, _progress=None) -> lens.LensModel:
     return lens.load_model(name, progress=_progress)
 
 
+@st.cache_resource(max_entries=4, show_spinner=False)
+def tuned_lens(source: str) -> TunedLens:
+    return TunedLens.load(source.removeprefix(HUB_PREFIX))
+
+
+def _lens(source: str | None) -> TunedLens | None:
+    return None if not source else tuned_lens(source)
+
+
 @st.cache_data(max_entries=32, show_spinner=False)
-def lens_result(model_name: str, prompt: str, prepend_bos: bool | None, points: tuple[str, ...]) -> lens.LensResult:
+def lens_result(query: LensQuery) -> lens.LensResult:
     runs["lens"] += 1
     return lens.run_lens(
-        model(model_name),
-        prompt,
+        model(query.model_name),
+        query.prompt,
         top_k=TOP_K_COMPUTED,
-        prepend_bos=prepend_bos,
-        points=points,
+        prepend_bos=query.prepend_bos,
+        points=query.points,
         keep_unembed_input=True,
+        lens=_lens(query.lens_source),
     )
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def with_targets(
-    model_name: str, prompt: str, prepend_bos: bool | None, points: tuple[str, ...], targets: tuple[str | int, ...]
-) -> lens.LensResult:
+def with_targets(query: LensQuery, targets: tuple[str | int, ...]) -> lens.LensResult:
     """The cached result with these targets: no forward pass, see lens.retarget."""
     runs["retarget"] += 1
-    return lens.retarget(model(model_name), lens_result(model_name, prompt, prepend_bos, points), list(targets))
+    return lens.retarget(model(query.model_name), lens_result(query), list(targets))
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
-def last_log_probs(model_name: str, prompt: str, prepend_bos: bool | None, points: tuple[str, ...]):
-    return last_position_log_probs(model(model_name), lens_result(model_name, prompt, prepend_bos, points))
+def last_log_probs(query: LensQuery):
+    return last_position_log_probs(model(query.model_name), lens_result(query))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -59,7 +80,21 @@ def target_tokens(model_name: str, text: str) -> tuple[list[int], list[str]]:
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
-def corpus(model_name: str, texts: tuple[str, ...], points: tuple[str, ...], max_tokens: int, _progress=None):
+def corpus(
+    model_name: str,
+    texts: tuple[str, ...],
+    points: tuple[str, ...],
+    max_tokens: int,
+    lens_source: str | None = None,
+    _progress=None,
+):
     """Corpus statistics, cached by content; ``_progress`` hears (tokens done, expected, seconds left)."""
     runs["corpus"] += 1
-    return lens.corpus_stats(model(model_name), list(texts), points=points, max_tokens=max_tokens, progress=_progress)
+    return lens.corpus_stats(
+        model(model_name),
+        list(texts),
+        points=points,
+        max_tokens=max_tokens,
+        lens=_lens(lens_source),
+        progress=_progress,
+    )

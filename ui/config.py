@@ -37,6 +37,7 @@ class ServerLimits:
 
     max_tokens: int
     max_corpus_tokens: int
+    max_train_steps: int
     allowlist: tuple[str, ...]
     allow_local: bool
     default_model: str
@@ -47,6 +48,7 @@ def limits() -> ServerLimits:
     return ServerLimits(
         max_tokens=_positive_int("LENS_MAX_TOKENS", 256),
         max_corpus_tokens=_positive_int("LENS_MAX_CORPUS_TOKENS", 20_000),
+        max_train_steps=max(10, _positive_int("LENS_MAX_TRAIN_STEPS", 1000)),
         allowlist=allow,
         allow_local=os.environ.get("LENS_ALLOW_LOCAL", "").strip() == "1",
         default_model=os.environ.get("LENS_DEFAULT_MODEL", "").strip() or lens.DEFAULT_MODEL,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import altair as alt
+import pandas as pd
 import streamlit as st
 
 import lens
@@ -19,7 +20,7 @@ from ui import cached, config
 from ui.sidebar import Settings
 
 T = TypeVar("T")
-Report = Callable[[str, "float | None"], None]
+Report = Callable[..., None]  # report(message, fraction or None, value=None)
 
 
 @dataclass(frozen=True)
@@ -93,19 +94,20 @@ def load_model(name: str) -> lens.LensModel | None:
     return model
 
 
-def with_progress(work: Callable[[Report], T], label: str) -> T:
+def with_progress(work: Callable[[Report], T], label: str, curve: str | None = None) -> T:
     """Run ``work(report)`` in a worker thread while this one shows its progress and time.
 
     Streamlit elements can't be drawn from inside a cached function, so the work only
-    posts ``(message, fraction)`` reports; a cache hit returns at once and shows nothing.
-    Errors are raised here as one-line LensErrors.
+    posts ``report(message, fraction, value=None)``; a cache hit returns at once and
+    shows nothing. With ``curve``, posted values are drawn as a live line chart of that
+    name (a training loss). Errors are raised here as one-line LensErrors.
     """
     messages: queue.Queue = queue.Queue()
     outcome: dict[str, object] = {}
 
     def run_work() -> None:
         try:
-            outcome["value"] = work(lambda message, fraction: messages.put((message, fraction)))
+            outcome["value"] = work(lambda message, fraction, value=None: messages.put((message, fraction, value)))
         except Exception as exc:  # noqa: BLE001 - handed to the page thread below
             outcome["error"] = exc
 
@@ -113,17 +115,22 @@ def with_progress(work: Callable[[Report], T], label: str) -> T:
     started = time.monotonic()
     worker.start()
     worker.join(0.2)
-    box = st.empty()
-    message, fraction = label, None
+    box, plot = st.empty(), st.empty()
+    message, fraction, values = label, None, []
     while worker.is_alive():
         while not messages.empty():
-            message, fraction = messages.get()
+            message, fraction, value = messages.get()
+            if value is not None:
+                values.append(value)
         text = f"⏳ {message} ({time.monotonic() - started:.0f} s)"
         if fraction is None:
             box.info(text)
         else:
             box.progress(min(max(fraction, 0.0), 1.0), text=text)
+        if curve and values:
+            plot.line_chart(pd.DataFrame({curve: values}), x_label="step", y_label=curve, height=220)
         worker.join(0.25)
+    plot.empty()
     box.empty()
     error = outcome.get("error")
     if isinstance(error, lens.LensError):
@@ -135,7 +142,9 @@ def with_progress(work: Callable[[Report], T], label: str) -> T:
     return outcome["value"]
 
 
-def corpus_with_progress(model_name: str, texts: Sequence[str], points: tuple[str, ...], max_tokens: int):
+def corpus_with_progress(
+    model_name: str, texts: Sequence[str], points: tuple[str, ...], max_tokens: int, lens_source: str | None = None
+):
     """Cached corpus statistics, with a progress bar and an estimate of the time left."""
     label = config.model_label(model_name)
 
@@ -145,27 +154,30 @@ def corpus_with_progress(model_name: str, texts: Sequence[str], points: tuple[st
                 eta = f", about {left:.0f} s left" if left is not None else ""
                 report(f"{label}: {done:,} of about {expected:,} tokens{eta}", done / expected)
 
-        return cached.corpus(model_name, tuple(texts), points, max_tokens, _progress=tell)
+        return cached.corpus(model_name, tuple(texts), points, max_tokens, lens_source, _progress=tell)
 
     return with_progress(work, f"Reading {len(texts)} texts with {label}")
 
 
-def check_length(model: lens.LensModel, s: Settings) -> None:
+def query(s: Settings, **changes) -> cached.LensQuery:
+    """The sidebar's lens query, with any field changed (another prompt, model or lens)."""
+    return cached.LensQuery(s.model_name, s.prompt, s.prepend_bos, s.points, s.lens_source)._replace(**changes)
+
+
+def check_length(model: lens.LensModel, q: cached.LensQuery) -> None:
     """Refuse prompts over the server's token limit before running anything."""
-    n = len(lens.tokenize_prompt(model, s.prompt, s.prepend_bos))
+    n = len(lens.tokenize_prompt(model, q.prompt, q.prepend_bos))
     limit = config.limits().max_tokens
     if n > limit:
         raise lens.LensError(f"The prompt is {n} tokens long; this server reads at most {limit} (LENS_MAX_TOKENS).")
 
 
-def run(model: lens.LensModel, s: Settings, prompt: str | None = None, model_name: str | None = None):
-    """The cached lens result for the sidebar's settings (or another prompt/model), top-k sliced."""
-    prompt = s.prompt if prompt is None else prompt
-    model_name = model_name or s.model_name
-    check_length(model, replace(s, prompt=prompt))
-    with st.spinner(f"Running the lens on {config.model_label(model_name)}…", show_time=True):
-        result = cached.lens_result(model_name, prompt, s.prepend_bos, s.points)
-    return with_top_k(result, s.top_k)
+def run(model: lens.LensModel, q: cached.LensQuery, top_k: int) -> lens.LensResult:
+    """The cached lens result for a query, its top-k sliced for display."""
+    check_length(model, q)
+    with st.spinner(f"Running the lens on {config.model_label(q.model_name)}…", show_time=True):
+        result = cached.lens_result(q)
+    return with_top_k(result, top_k)
 
 
 def with_top_k(result: lens.LensResult, k: int) -> lens.LensResult:
@@ -184,7 +196,7 @@ def context() -> Context:
     if model is None:
         st.stop()
     try:
-        result = run(model, s)
+        result = run(model, query(s), s.top_k)
     except lens.LensError as exc:
         show_error(str(exc))
         st.stop()
@@ -209,14 +221,9 @@ def describe_target(model: lens.LensModel, s: Settings) -> None:
         caption.caption(f"⚠️ {len(ids)} tokens: {pieces}. The lens follows the first, `{names[0]}`.")
 
 
-def with_targets(
-    s: Settings, targets: Sequence[str | int], prompt: str | None = None, model_name: str | None = None
-) -> lens.LensResult:
+def with_targets(q: cached.LensQuery, targets: Sequence[str | int], top_k: int) -> lens.LensResult:
     """The result with these targets tracked, from the cache: never a new forward pass."""
-    result = cached.with_targets(
-        model_name or s.model_name, s.prompt if prompt is None else prompt, s.prepend_bos, s.points, tuple(targets)
-    )
-    return with_top_k(result, s.top_k)
+    return with_top_k(cached.with_targets(q, tuple(targets)), top_k)
 
 
 def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str) -> None:

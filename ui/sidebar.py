@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from ui import config
+from ui import config, lenses
 
 OTHER = "__other__"
 BOS_OPTIONS = {"default": "Model default", "on": "Always", "off": "Never"}
@@ -20,6 +20,7 @@ class Settings:
     points: tuple[str, ...]
     top_k: int
     target: str
+    lens_source: str | None = None  # a tuned lens (folder or hub:<model>); None is the logit lens
 
 
 def _use_example() -> None:
@@ -77,6 +78,7 @@ def render() -> Settings:
             "Most tokens start with a space, so type ' Paris' rather than 'Paris'.",
         )
         st.session_state["target_caption"] = st.empty()
+        lens_source = _lens_picker(model_name)
         with st.expander("More settings"):
             bos = st.radio(
                 "Start-of-text token",
@@ -117,4 +119,27 @@ def render() -> Settings:
         points=points,
         top_k=int(top_k),
         target=target,
+        lens_source=lens_source,
     )
+
+
+def _lens_picker(model_name: str) -> str | None:
+    """Logit lens, or one of the tuned lenses found for this model on disk or the hub."""
+    kind = st.segmented_control(
+        "Lens",
+        ["logit", "tuned"],
+        key="lens_kind",
+        bind="query-params",
+        default="logit",
+        format_func={"logit": "Logit lens", "tuned": "Tuned lens"}.get,
+        help="The logit lens reads each layer with the model's own output head. The tuned lens first passes each "
+        "layer through a small learned translator, which reads early layers far better.",
+    )
+    if kind != "tuned":
+        return None
+    found = lenses.available(model_name)
+    if not found:
+        st.caption("No tuned lens for this model yet: train one on the **Tuned lens** page.")
+        return None
+    label = st.selectbox("Tuned lens", list(found), key="tuned_lens", bind="query-params")
+    return found.get(label)
