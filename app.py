@@ -12,7 +12,7 @@ pages = st.navigation(
         st.Page("pages/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
         st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
         st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
-        st.Page("pages/tuned_lens.py", title="Tuned lens", icon=":material/tune:", url_path="tuned-lens"),
+        st.Page("pages/tuned_lens.py", title="Tuned lens", icon=":material/tune:", url_path="tuned_lens"),
     ]
 )
 page.style()

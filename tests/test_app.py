@@ -209,3 +209,53 @@ def test_dataset_page_csv_column_choice(app):
     app.selectbox(key="corpus_column").set_value("body").run()
     assert_no_failure(app)
     assert len(charts(app)) == 6
+
+
+@pytest.fixture
+def lens_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("LENS_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def test_lens_selector_uses_a_tuned_lens_found_on_disk(app, stories, lens_cache):
+    from lens.tuned import train_tuned_lens
+    from ui import lenses
+
+    trained = train_tuned_lens(stories, [STORY + " She had a red ball."] * 5, steps=20, window=16, seed=0)
+    trained.save(lenses.trained_folder(stories.name, "test-lens"))
+    app.query_params.update({"lens_kind": "Tuned lens"})
+    app.run()
+    assert_no_failure(app)
+    assert app.selectbox(key="tuned_lens").value == "Trained here: test-lens"
+    heatmap = chart_data(charts(app)[0])
+    expected = run_lens(stories, STORY, top_k=5, lens=trained)
+    plain = run_lens(stories, STORY, top_k=5)
+    assert not np.array_equal(expected.top_tokens[..., 0], plain.top_tokens[..., 0])
+    for row, position, top1 in heatmap[["row", "position", "top1"]].itertuples(index=False):
+        assert top1 == expected.top_tokens[row, position, 0]
+    app.switch_page("pages/compare.py")
+    app.query_params["compare_mode"] = "Logit lens vs tuned lens"
+    app.run()
+    assert_no_failure(app)
+    assert len(charts(app)) == 4
+
+
+def test_tuned_lens_page_trains_saves_and_reuses(app, lens_cache):
+    app.switch_page("pages/tuned_lens.py").run()
+    assert_no_failure(app)
+    app.slider(key="train_steps").set_value(10)
+    app.select_slider(key="train_window").set_value(32).run()
+    app.button(key="train").click().run()
+    assert_no_failure(app)
+    assert any("Trained and saved" in m.value for m in app.success)
+    assert len(list(lens_cache.rglob("params.pt"))) == 1
+    app.run()
+    assert any("already trained" in m.value for m in app.success)
+    assert len(charts(app)) == 1  # the loss curve
+
+
+def test_tuned_lens_without_any_lens_explains(app, lens_cache):
+    app.query_params.update({"lens_kind": "Tuned lens"})
+    app.run()
+    assert_no_failure(app)
+    assert any("No tuned lens for this model yet" in c.value for c in app.sidebar.caption)
