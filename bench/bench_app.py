@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 
 from common import ROOT, SHARED_MODELS, TEXT
-
 from streamlit.testing.v1 import AppTest
 
 REPEATS = 5
@@ -55,9 +54,11 @@ def measure(model_dir: str, label: str) -> None:
         at.slider(key="window").set_value(window)
         display.append(timed(at.run))
     assert cached.runs["lens"] == runs, "a display change ran the model"
-    print(f"{label:<28} first load {load:6.2f} s | new 64-token prompt {statistics.median(new_prompt):5.2f} s "
-          f"(max {max(new_prompt):.2f}) | display-only rerun {statistics.median(display):5.3f} s "
-          f"(max {max(display):.3f})")
+    print(
+        f"{label:<28} first load {load:6.2f} s | new 64-token prompt {statistics.median(new_prompt):5.2f} s "
+        f"(max {max(new_prompt):.2f}) | display-only rerun {statistics.median(display):5.3f} s "
+        f"(max {max(display):.3f})"
+    )
 
 
 def main() -> None:

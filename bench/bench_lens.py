@@ -99,7 +99,10 @@ def main() -> None:
         for method in METHODS:
             done = subprocess.run(
                 [sys.executable, __file__, "--one", method, str(n), "--repeats", str(args.repeats)],
-                cwd=ROOT, capture_output=True, text=True, check=True,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             results[method, n] = json.loads(done.stdout.strip().splitlines()[-1])
     print("GPT-2-small shape (12 layers, d_model 768, vocab 50257), fp32, CPU, median of", args.repeats)

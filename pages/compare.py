@@ -75,13 +75,7 @@ page.describe_target(next(iter(models.values())), s)
 if not s.target:
     st.caption(f"No target typed: following `{next(iter(results.values())).targets[0]}`, the first one's answer.")
 
-metric = st.selectbox(
-    "Colour by",
-    list(charts.METRICS),
-    format_func=lambda k: charts.METRICS[k].title,
-    key="compare_metric",
-    bind="query-params",
-)
+metric = page.metric_picker("compare_metric")
 values = [charts.metric_values(r, metric, r.target_ids[0]) for r in results.values()]
 domain = charts.METRICS[metric].fixed_domain or (
     (1, max(float(v.max()) for v in values)) if charts.METRICS[metric].log else (0, max(float(v.max()) for v in values))
@@ -103,14 +97,7 @@ st.caption(f"Last {width} positions of each, aligned at the end; one colour scal
 for chart in heatmaps:
     st.altair_chart(chart, width="content")
 
-measure = st.radio(
-    "Target measure",
-    list(charts.MEASURES),
-    format_func=charts.MEASURES.get,
-    key="compare_measure",
-    bind="query-params",
-    horizontal=True,
-)
+measure = page.measure_picker("compare_measure", "Target measure")
 trajectory = charts.compare_trajectory_chart(results, 0, measure)
 st.altair_chart(trajectory, width="content")
 

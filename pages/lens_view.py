@@ -22,15 +22,7 @@ with st.expander("What am I looking at?"):
 
 ctx = page.context()
 result = ctx.result
-metric = st.selectbox(
-    "Colour by",
-    list(charts.METRICS),
-    format_func=lambda key: charts.METRICS[key].title,
-    key="metric",
-    bind="query-params",
-    help="Top-1 probability: how sure the layer is. Entropy: how spread out its guesses are. KL to final output: "
-    "how far it is from the model's real answer. Target: how the token you typed in the sidebar fares.",
-)
+metric = page.metric_picker("metric")
 target = None
 if charts.METRICS[metric].needs_target:
     if ctx.settings.target:

@@ -38,14 +38,7 @@ tracked = st.multiselect(
     bind="query-params",
     help="By default the output's five favourites at this position, plus the target typed in the sidebar.",
 )
-measure = st.radio(
-    "Measure",
-    list(charts.MEASURES),
-    format_func=charts.MEASURES.get,
-    key="measure",
-    bind="query-params",
-    horizontal=True,
-)
+measure = page.measure_picker("measure")
 if not tracked and not typed:
     st.info("Choose at least one token to follow.")
     st.stop()

@@ -16,6 +16,7 @@ import pandas as pd
 import streamlit as st
 
 import lens
+from lens import charts
 from ui import cached, config
 from ui.sidebar import Settings
 
@@ -224,6 +225,31 @@ def describe_target(model: lens.LensModel, s: Settings) -> None:
 def with_targets(q: cached.LensQuery, targets: Sequence[str | int], top_k: int) -> lens.LensResult:
     """The result with these targets tracked, from the cache: never a new forward pass."""
     return with_top_k(cached.with_targets(q, tuple(targets)), top_k)
+
+
+METRIC_HELP = (
+    "Top-1 probability: how sure the layer is. Entropy: how spread out its guesses are. KL to final output: "
+    "how far it is from the model's real answer. Target: how the token you typed in the sidebar fares."
+)
+
+
+def metric_picker(key: str) -> str:
+    """The heatmap colour: one of lens.charts.METRICS, kept in the URL under ``key``."""
+    return st.selectbox(
+        "Colour by",
+        list(charts.METRICS),
+        format_func=lambda k: charts.METRICS[k].title,
+        key=key,
+        bind="query-params",
+        help=METRIC_HELP,
+    )
+
+
+def measure_picker(key: str, label: str = "Measure") -> str:
+    """Probability, log-probability or rank for line charts, kept in the URL under ``key``."""
+    return st.radio(
+        label, list(charts.MEASURES), format_func=charts.MEASURES.get, key=key, bind="query-params", horizontal=True
+    )
 
 
 def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str) -> None:
