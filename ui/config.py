@@ -69,7 +69,11 @@ def model_choices(server: ServerLimits) -> list[str]:
 
 
 def model_label(model_id: str) -> str:
-    return CURATED_MODELS.get(model_id, model_id)
+    if model_id in CURATED_MODELS:
+        return CURATED_MODELS[model_id]
+    if model_id.startswith((".", "/", "~")):
+        return f"{Path(model_id).name} (local folder)"
+    return model_id
 
 
 def check_model_allowed(model_id: str, server: ServerLimits) -> str | None:

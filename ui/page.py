@@ -59,7 +59,7 @@ def settings() -> Settings:
 
 def show_error(message: str) -> None:
     """One friendly line; for a model that can't be fetched, a one-click way to the demo."""
-    st.error(message, icon="⚠️")
+    st.error(message, icon=":material/error:")
     if "Could not download" in message or "Could not load model" in message:
         st.button("Use the offline demo model", type="primary", on_click=_switch_to_demo, key="use_demo")
 
@@ -123,7 +123,7 @@ def with_progress(work: Callable[[Report], T], label: str, curve: str | None = N
             message, fraction, value = messages.get()
             if value is not None:
                 values.append(value)
-        text = f"⏳ {message} ({time.monotonic() - started:.0f} s)"
+        text = f"{message} ({time.monotonic() - started:.0f} s)"
         if fraction is None:
             box.info(text)
         else:
@@ -213,13 +213,13 @@ def describe_target(model: lens.LensModel, s: Settings) -> None:
     try:
         ids, names = cached.target_tokens(s.model_name, s.target)
     except lens.LensError as exc:
-        caption.caption(f"⚠️ {exc}")
+        caption.caption(f":material/warning: {exc}")
         return
     pieces = " + ".join(f"`{n}`" for n in names)
     if len(ids) == 1:
         caption.caption(f"One token: {pieces} (id {ids[0]})")
     else:
-        caption.caption(f"⚠️ {len(ids)} tokens: {pieces}. The lens follows the first, `{names[0]}`.")
+        caption.caption(f":material/warning: {len(ids)} tokens: {pieces}. The lens follows the first, `{names[0]}`.")
 
 
 def with_targets(q: cached.LensQuery, targets: Sequence[str | int], top_k: int) -> lens.LensResult:
