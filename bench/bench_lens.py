@@ -4,7 +4,8 @@
 
 (a) naive: the seed notebook's way: every row's full logits, a full softmax, then the max.
 (b) run_lens: the engine (top-10, entropy, KL to final, log-normaliser).
-(c) floor: the forward pass plus the bare chunked fp32 matmul of every row with W_U.
+(c) floor: the forward pass plus the bare chunked fp32 matmul of every row with W_U, in
+    the fastest layout measured on this machine (vocab-major, a reused output buffer).
 
 Each (method, length) runs in its own process, so its peak memory is its own: the figure
 is the peak beyond what loading the model and one forward pass already needed.
@@ -53,10 +54,11 @@ def floor(model, prompt: str) -> None:
     normed = capture_normed(model, model.tokenizer(prompt, add_special_tokens=False)["input_ids"], rows)
     flat = normed.reshape(-1, normed.shape[-1])
     chunk = _chunk_cells(model.d_vocab)
-    out = torch.empty(min(chunk, flat.shape[0]), model.d_vocab)
+    out = torch.empty(model.d_vocab, min(chunk, flat.shape[0]))
     for start in range(0, flat.shape[0], chunk):
         part = flat[start : start + chunk]
-        torch.mm(part, model.unembed_weight, out=out[: part.shape[0]])
+        # The fastest layout measured here, vocab-major (as run_lens uses), into a reused buffer.
+        torch.mm(model.unembed_rows, part.t(), out=out[:, : part.shape[0]] if part.shape[0] == out.shape[1] else None)
 
 
 def forward_only(model, prompt: str) -> None:

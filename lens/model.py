@@ -83,6 +83,11 @@ class LensModel:
         return self.bridge.unembed.W_U.detach().float()
 
     @cached_property
+    def unembed_rows(self) -> torch.Tensor:
+        """W_U as contiguous [vocab, d_model] fp32 (the lm_head layout; a view for most models)."""
+        return self.unembed_weight.t().contiguous()
+
+    @cached_property
     def unembed_bias(self) -> torch.Tensor | None:
         bias = getattr(self.bridge.unembed, "b_U", None)
         if bias is None or not torch.any(bias):
@@ -96,6 +101,15 @@ class LensModel:
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
         """The model's own final norm, in fp32."""
         return self.bridge.ln_final(resid).float()
+
+    def unembed_columns(self, normed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Vocab-major logits [vocab, cells] of normed residuals [cells, d_model], soft-capped if the model is."""
+        logits = torch.mm(self.unembed_rows, normed.t(), out=out)
+        if self.unembed_bias is not None:
+            logits.add_(self.unembed_bias[:, None])
+        if self.softcap is not None:
+            logits.div_(self.softcap).tanh_().mul_(self.softcap)
+        return logits
 
     def logits_from_normed(self, normed: torch.Tensor) -> torch.Tensor:
         """Unembed already-normed residuals, with the model's soft-cap if it has one."""

@@ -85,3 +85,24 @@ def neox_random(gpt2_tokenizer):
         attn_implementation="eager",
     )
     return _wrap_random(GPTNeoXForCausalLM(config), gpt2_tokenizer, "neox-random")
+
+
+@pytest.fixture(scope="session")
+def gemma2_random(gpt2_tokenizer):
+    """A small Gemma-2: RMSNorm, and final-logit soft-capping the lens must apply too."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(
+        vocab_size=len(gpt2_tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        final_logit_softcapping=5.0,
+        attn_implementation="eager",
+    )
+    return _wrap_random(Gemma2ForCausalLM(config), gpt2_tokenizer, "gemma2-random")

@@ -35,6 +35,9 @@ def reference_lens(hf_model, token_ids, top_k: int):
         for h in handles:
             h.remove()
     logits = torch.stack(rows)
+    cap = getattr(hf_model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = cap * torch.tanh(logits / cap)
     log_probs = torch.log_softmax(logits, dim=-1)
     probs = log_probs.exp()
     final = log_probs[-1]

@@ -16,7 +16,7 @@ THINGS = ["ball", "kite", "cake", "dog", "toy car", "red hat", "book", "flower"]
 PLACES = ["park", "beach", "garden", "forest", "school", "store"]
 
 
-def stories(seed: int, n: int) -> list[str]:
+def story_texts(seed: int, n: int) -> list[str]:
     """Simple TinyStories-like sentences, built here so training and held-out text differ."""
     rng = np.random.default_rng(seed)
     return [
@@ -32,11 +32,11 @@ def trained(stories):
 
 
 def stories_text_cache() -> list[str]:
-    return stories(seed=1, n=60)
+    return story_texts(seed=1, n=60)
 
 
 def test_training_lowers_kl_on_held_out_text_for_every_row_but_the_last(stories, trained):
-    held_out = stories(seed=2, n=10)
+    held_out = story_texts(seed=2, n=10)
     logit = corpus_stats(stories, held_out)
     tuned = corpus_stats(stories, held_out, lens=trained)
     print("\nlayer        logit-lens KL  tuned-lens KL")
