@@ -7,8 +7,10 @@
 (c) floor: the forward pass plus the bare chunked fp32 matmul of every row with W_U, in
     the fastest layout measured on this machine (vocab-major, a reused output buffer).
 
-Each (method, length) runs in its own process, so its peak memory is its own: the figure
-is the peak beyond what loading the model and one forward pass already needed.
+Times: the three methods take turns in one process (median of --repeats turns), so drift
+in the machine's speed hits all alike. Memory: each (method, length) runs once in its own
+process, and the figure is the peak beyond what loading the model and one forward pass
+already needed.
 """
 
 from __future__ import annotations
@@ -52,13 +54,15 @@ def floor(model, prompt: str) -> None:
 
     rows = lens_rows(model)
     normed = capture_normed(model, model.tokenizer(prompt, add_special_tokens=False)["input_ids"], rows)
-    flat = normed.reshape(-1, normed.shape[-1])
-    chunk = _chunk_cells(model.d_vocab)
-    out = torch.empty(model.d_vocab, min(chunk, flat.shape[0]))
-    for start in range(0, flat.shape[0], chunk):
-        part = flat[start : start + chunk]
-        # The fastest layout measured here, vocab-major (as run_lens uses), into a reused buffer.
-        torch.mm(model.unembed_rows, part.t(), out=out[:, : part.shape[0]] if part.shape[0] == out.shape[1] else None)
+    n_rows, n_pos, d_model = normed.shape
+    block = max(1, _chunk_cells(model.d_vocab) // n_rows)
+    outputs = {}  # one reused output buffer per chunk width, as run_lens keeps
+    for start in range(0, n_pos, block):
+        x = normed[:, start : start + block].reshape(-1, d_model)
+        if x.shape[0] not in outputs:
+            outputs[x.shape[0]] = torch.zeros(model.d_vocab, x.shape[0])
+        # The same chunks and vocab-major layout as run_lens: the fastest measured here.
+        torch.mm(model.unembed_rows, x.t(), out=outputs[x.shape[0]])
 
 
 def forward_only(model, prompt: str) -> None:
@@ -69,52 +73,63 @@ def forward_only(model, prompt: str) -> None:
         model.bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_resid_post"))
 
 
-def measure(method: str, n_tokens: int, repeats: int) -> dict:
-    """In this process: peak memory of one call beyond the model and a forward pass, then timings."""
+FUNCTIONS = {"naive": naive, "run_lens": lens, "floor": floor}
+
+
+def peak_memory(method: str, n_tokens: int) -> float:
+    """In this fresh process: peak MB of one call beyond the loaded model and a forward pass."""
     model = gpt2_small_random()
     prompt = prompt_of_length(model, n_tokens)
-    fn = {"naive": naive, "run_lens": lens, "floor": floor}[method]
     forward_only(model, prompt)
     baseline = peak_rss_mb()
-    fn(model, prompt)
-    extra = peak_rss_mb() - baseline
-    times = []
+    FUNCTIONS[method](model, prompt)
+    return max(peak_rss_mb() - baseline, 0.0)
+
+
+def timings(n_tokens: int, repeats: int) -> dict[str, float]:
+    """Median seconds per method, the methods taking turns so drift in machine speed hits all alike."""
+    model = gpt2_small_random()
+    prompt = prompt_of_length(model, n_tokens)
+    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    for method in METHODS:
+        FUNCTIONS[method](model, prompt)  # warm-up
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn(model, prompt)
-        times.append(time.perf_counter() - start)
-    return {"method": method, "tokens": n_tokens, "seconds": statistics.median(times), "extra_mb": max(extra, 0.0)}
+        for method in METHODS:
+            start = time.perf_counter()
+            FUNCTIONS[method](model, prompt)
+            times[method].append(time.perf_counter() - start)
+    return {m: statistics.median(t) for m, t in times.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[16, 256, 1024])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--one", nargs=2, metavar=("METHOD", "TOKENS"), help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--memory", nargs=2, metavar=("METHOD", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.repeats)))
+    if args.memory:
+        print(json.dumps(peak_memory(args.memory[0], int(args.memory[1]))))
         return
 
-    results = {}
+    print("GPT-2-small shape (12 layers, d_model 768, vocab 50257), fp32, CPU; median of", args.repeats, "turns")
+    print(f"{'tokens':>6} {'method':>9} {'time s':>8} {'extra MB':>9} {'vs floor':>9} {'naive/this':>10}")
     for n in args.tokens:
+        seconds = timings(n, args.repeats)
         for method in METHODS:
             done = subprocess.run(
-                [sys.executable, __file__, "--one", method, str(n), "--repeats", str(args.repeats)],
+                [sys.executable, __file__, "--memory", method, str(n)],
                 cwd=ROOT,
                 capture_output=True,
                 text=True,
                 check=True,
             )
-            results[method, n] = json.loads(done.stdout.strip().splitlines()[-1])
-    print("GPT-2-small shape (12 layers, d_model 768, vocab 50257), fp32, CPU, median of", args.repeats)
-    print(f"{'tokens':>6} {'method':>9} {'time s':>8} {'extra MB':>9} {'vs floor':>9} {'naive/this':>10}")
-    for n in args.tokens:
-        for method in METHODS:
-            r = results[method, n]
-            vs_floor = r["seconds"] / results["floor", n]["seconds"]
-            speedup = results["naive", n]["seconds"] / r["seconds"]
-            print(f"{n:>6} {method:>9} {r['seconds']:>8.3f} {r['extra_mb']:>9.0f} {vs_floor:>8.2f}x {speedup:>9.2f}x")
+            extra = json.loads(done.stdout.strip().splitlines()[-1])
+            vs_floor = seconds[method] / seconds["floor"]
+            speedup = seconds["naive"] / seconds[method]
+            print(
+                f"{n:>6} {method:>9} {seconds[method]:>8.3f} {extra:>9.0f} {vs_floor:>8.2f}x {speedup:>9.2f}x",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

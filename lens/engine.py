@@ -29,7 +29,7 @@ from lens.model import LensModel
 from lens.result import LensResult
 
 POINTS = ("resid_pre", "resid_mid", "resid_post")
-CHUNK_BYTES = 192 * 2**20  # ~500 cells of GPT-2: vocab-major matmuls run fastest from a few hundred cells
+CHUNK_BYTES = 288 * 2**20  # ~750 cells of GPT-2: vocab-major matmuls run fastest with many cells
 TOPK_BLOCK = 64
 
 
@@ -135,7 +135,8 @@ def capture_normed(
     tokens = torch.tensor([list(token_ids)], dtype=torch.long, device=device)
     with model.lock, torch.no_grad():
         try:
-            _, cache = model.bridge.run_with_cache(tokens, names_filter=hooks)
+            # Stopping after the last block skips the model's own [positions x vocab] logits.
+            _, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=model.n_layers)
         except (ValueError, KeyError) as exc:
             raise LensError(f"Model '{model.name}' cannot provide these residual points: {exc}") from exc
         normed = []
@@ -230,13 +231,13 @@ def cell_statistics(
     if next_ids is not None:
         next_tokens = torch.as_tensor(list(next_ids), dtype=torch.long, device=device)
         out["next_logits"] = np.empty((n_rows, n_pos), np.float32)
-    scratch = _Scratch(vocab, n_rows, device)
+    scratch = _Scratch(vocab, n_rows, device, need_ranks=len(targets) > 0)
     for start in range(0, n_pos, block):
         stop = min(start + block, n_pos)
         width = stop - start
         n_cells = n_rows * width
         positions = slice(start, stop)
-        padded, exps, greater, final, product = scratch.for_width(width)
+        padded, exps, greater, final = scratch.for_width(width)
         # Vocab-major [vocab, cells]: this product runs ~1.5x faster here than [cells, vocab].
         # Cells are row-major: column r * width + j is row r at position start + j.
         logits = padded[:vocab]
@@ -256,22 +257,14 @@ def cell_statistics(
         log_sum_exp = torch.log(sum_exp)
         log_normalizer = shift + log_sum_exp
 
-        # E_f[logit of row r] = x_r · (W_U f) + b · f: one small [d x width] product instead
-        # of a pass over the vocabulary per row (f is the final row's distribution).
+        # Both expectations, E_p[logit] (entropy) and E_f[logit] (KL, f the final row's
+        # distribution at the same position), are in-place products summed by torch's
+        # cascade reduction: a dot product's long fp32 accumulation loses ~1e-5 over 50k
+        # tokens. This works for soft-capped logits too, which are not linear in x.
         last = (n_rows - 1) * width
         final = torch.div(exps[:, last:], sum_exp[last:], out=final)
-        if model.softcap is None:
-            expected_logit = (normed[:, start:stop] * torch.mm(final.t(), model.unembed_rows)).sum(-1)
-            if model.unembed_bias is not None:
-                expected_logit += model.unembed_bias @ final
-            cross = expected_logit - shift.view(n_rows, width)
-        else:  # soft-capped logits are not linear in x: average them over the vocabulary
-            cross = torch.stack(
-                [torch.mul(logits[:, r * width : (r + 1) * width], final, out=product).sum(0) for r in range(n_rows)]
-            )
-        # E_p[logit] for the entropy: elementwise products summed by torch's cascade
-        # reduction, as a dot product's long fp32 accumulation loses ~1e-5 over 50k tokens.
-        entropy = log_sum_exp - logits.mul_(exps).sum(0) / sum_exp
+        entropy = log_sum_exp - exps.mul_(logits).sum(0) / sum_exp
+        cross = logits.view(vocab, n_rows, width).mul_(final.unsqueeze(1)).sum(0)
         kl = (log_sum_exp.view(n_rows, width) - cross - entropy.view(n_rows, width)[-1]).clamp_min_(0)
 
         _store(out, "top_ids", top_ids, positions, n_rows)
@@ -288,8 +281,8 @@ def cell_statistics(
 class _Scratch:
     """Reusable chunk buffers, made once per chunk width (fresh pages cost as much as exp)."""
 
-    def __init__(self, vocab: int, n_rows: int, device: torch.device) -> None:
-        self.vocab, self.n_rows, self.device = vocab, n_rows, device
+    def __init__(self, vocab: int, n_rows: int, device: torch.device, need_ranks: bool) -> None:
+        self.vocab, self.n_rows, self.device, self.need_ranks = vocab, n_rows, device, need_ranks
         self.padded_vocab = -(-vocab // TOPK_BLOCK) * TOPK_BLOCK
         self.by_width: dict[int, tuple[torch.Tensor, ...]] = {}
 
@@ -300,8 +293,7 @@ class _Scratch:
             self.by_width[width] = (
                 padded,
                 torch.empty(self.vocab, cells, device=self.device),
-                torch.empty(self.vocab, cells, dtype=torch.bool, device=self.device),
-                torch.empty(self.vocab, width, device=self.device),
+                torch.empty(self.vocab, cells if self.need_ranks else 0, dtype=torch.bool, device=self.device),
                 torch.empty(self.vocab, width, device=self.device),
             )
         return self.by_width[width]
