@@ -1,0 +1,104 @@
+"""corpus_stats throughput against its floor, its memory as the corpus doubles, and tuned-lens training.
+
+    python bench/bench_corpus_tuned.py
+
+On the GPT-2-small shape: tokens per second of corpus_stats and of the floor (the forward
+pass plus the bare vocab-major unembedding matmul of every row) over the same windows; peak
+memory (VmHWM, each in a fresh process) for a corpus and for one twice its size. Tuned-lens
+training: time and peak memory beyond the loaded model for a stated number of steps.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from bench_lens import floor
+from common import ROOT, SHARED_MODELS, TEXT, gpt2_small_random, peak_rss_mb
+
+WINDOW = 256
+
+
+def corpus_texts(model, n_windows: int) -> list[str]:
+    ids = model.tokenizer(TEXT * (n_windows * WINDOW // 20 + 5), add_special_tokens=False)["input_ids"]
+    return [model.tokenizer.decode(ids[i * (WINDOW - 1) : (i + 1) * (WINDOW - 1)]) for i in range(n_windows)]
+
+
+def throughput(n_windows: int = 6) -> None:
+    from lens import corpus_stats
+
+    model = gpt2_small_random()
+    texts = corpus_texts(model, n_windows)
+    corpus_stats(model, texts[:1], window=WINDOW)
+    start = time.perf_counter()
+    frame = corpus_stats(model, texts, window=WINDOW, max_tokens=10**9)
+    lens_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    for text in texts:
+        floor(model, text)
+    floor_seconds = time.perf_counter() - start
+    tokens = int(frame.n_tokens.iloc[0])
+    print(
+        f"corpus_stats: {tokens} tokens in {lens_seconds:.2f} s = {tokens / lens_seconds:.0f} tokens/s; "
+        f"floor {tokens / floor_seconds:.0f} tokens/s; corpus_stats takes {lens_seconds / floor_seconds:.2f}x the floor"
+    )
+
+
+def corpus_peak(n_windows: int) -> float:
+    from lens import corpus_stats
+
+    model = gpt2_small_random()
+    texts = corpus_texts(model, n_windows)
+    corpus_stats(model, texts[:1], window=WINDOW)
+    before = peak_rss_mb()
+    corpus_stats(model, texts, window=WINDOW, max_tokens=10**9)
+    return peak_rss_mb() - before
+
+
+def training(model_name: str, steps: int, window: int) -> dict:
+    from lens import load_model
+    from lens.tuned import train_tuned_lens
+    from ui.corpus_input import sample_texts
+
+    model = gpt2_small_random() if model_name == "gpt2" else load_model(str(SHARED_MODELS / "stories260K"))
+    before = peak_rss_mb()
+    start = time.perf_counter()
+    lens = train_tuned_lens(model, sample_texts(), steps=steps, window=window)
+    return {
+        "seconds": time.perf_counter() - start,
+        "extra_mb": peak_rss_mb() - before,
+        "kl_first": lens.history[0],
+        "kl_last": lens.history[-1],
+    }
+
+
+def in_fresh_process(*args: str):
+    done = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    if len(sys.argv) > 1:
+        what = sys.argv[1]
+        result = corpus_peak(int(sys.argv[2])) if what == "peak" else training(what, int(sys.argv[2]), int(sys.argv[3]))
+        print(json.dumps(result))
+        return
+    throughput()
+    small, large = in_fresh_process("peak", "4"), in_fresh_process("peak", "8")
+    print(
+        f"corpus_stats peak memory beyond the model: {small:.0f} MB for 4 windows, {large:.0f} MB for 8 "
+        f"(+{large - small:.0f} MB; one {WINDOW}-token window's chunk buffers are ~300 MB)"
+    )
+    for name, steps, window in (("stories260K", 300, 64), ("gpt2", 10, 64)):
+        r = in_fresh_process(name, str(steps), str(window))
+        print(
+            f"tuned lens on {name}: {steps} steps of {window} tokens in {r['seconds']:.1f} s "
+            f"({r['seconds'] / steps:.2f} s/step), peak +{r['extra_mb']:.0f} MB over the model; "
+            f"mean KL {r['kl_first']:.2f} -> {r['kl_last']:.2f} nats"
+        )
+
+
+if __name__ == "__main__":
+    main()
