@@ -259,3 +259,23 @@ def test_tuned_lens_without_any_lens_explains(app, lens_cache):
     app.run()
     assert_no_failure(app)
     assert any("No tuned lens for this model yet" in c.value for c in app.sidebar.caption)
+
+
+def test_offline_start_falls_back_to_the_demo_in_one_click(monkeypatch):
+    """No LENS_DEFAULT_MODEL and no hub: the app starts on GPT-2, fails fast, and one click reaches a heatmap."""
+    monkeypatch.delenv("LENS_DEFAULT_MODEL", raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.run()
+    assert not at.exception
+    assert any("Could not download model 'openai-community/gpt2'" in e.value for e in at.error)
+    at.button(key="use_demo").click().run()
+    assert_no_failure(at)
+    heatmap = chart_data(charts(at)[0])
+    assert heatmap.layer.nunique() == 6 and heatmap.top1.str.len().min() > 0
+
+
+def test_cli_demo_model(capsys):
+    from lens.cli import main
+
+    assert main(["Therefore thus saith the", "--model", "demo", "--top-k", "1"]) == 0
+    assert "␣LORD" in capsys.readouterr().out.splitlines()[1]
