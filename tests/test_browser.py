@@ -144,6 +144,8 @@ def test_switch_pages(page):
     page.locator("[data-testid=stSidebarNavLink]", has_text="Trajectories").click()
     page.get_by_text("Token trajectories").wait_for(timeout=30_000)
     page.locator("[data-testid=stVegaLiteChart]").first.get_by_text("␣Lily").first.wait_for(timeout=60_000)
+    page.locator("[data-testid=stDataFrame]").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(1500)  # let the token picker and table finish drawing before the screenshot
     shoot(page, "3-trajectories")
     page.locator("[data-testid=stSidebarNavLink]", has_text="Compare").click()
     page.get_by_text("Jensen–Shannon divergence, last position").first.wait_for(timeout=60_000)
