@@ -7,6 +7,7 @@ them, next to the bridge and its tokenizer.
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import threading
@@ -78,6 +79,25 @@ class LensModel:
         return float(cap) if cap is not None and cap > 0 else None
 
     @cached_property
+    def logit_scale(self) -> float:
+        """What the model multiplies its unembedding's output by, before any soft-cap.
+
+        Cohere's ``logit_scale`` and Granite's ``1 / logits_scaling``; 1.0 for most models.
+        Read by probing the adapter's own output transform (the path TransformerLens
+        declares for the model's logits) at one small logit with the soft-cap undone, so
+        every family that scales its logits is covered, not only the ones named here.
+        """
+        transform = getattr(getattr(self.bridge, "adapter", None), "apply_output_logits_transform", None)
+        if transform is None:
+            return 1.0
+        probe = 1e-3
+        out = float(transform(torch.tensor([probe], dtype=torch.float64)))
+        if self.softcap is not None:
+            out = self.softcap * math.atanh(out / self.softcap)
+        scale = out / probe
+        return 1.0 if math.isclose(scale, 1.0, rel_tol=1e-9) else scale
+
+    @cached_property
     def unembed_weight(self) -> torch.Tensor:
         """W_U as [d_model, vocab] in fp32: the lens reads in fp32 whatever the model's dtype."""
         return self.bridge.unembed.W_U.detach().float()
@@ -103,19 +123,23 @@ class LensModel:
         return self.bridge.ln_final(resid).float()
 
     def unembed_columns(self, normed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Vocab-major logits [vocab, cells] of normed residuals [cells, d_model], soft-capped if the model is."""
+        """Vocab-major logits [vocab, cells] of normed residuals [cells, d_model], as the model scales and caps them."""
         logits = torch.mm(self.unembed_rows, normed.t(), out=out)
         if self.unembed_bias is not None:
             logits.add_(self.unembed_bias[:, None])
+        if self.logit_scale != 1.0:
+            logits.mul_(self.logit_scale)
         if self.softcap is not None:
             logits.div_(self.softcap).tanh_().mul_(self.softcap)
         return logits
 
     def logits_from_normed(self, normed: torch.Tensor) -> torch.Tensor:
-        """Unembed already-normed residuals, with the model's soft-cap if it has one."""
+        """Unembed already-normed residuals, with the model's logit scale and soft-cap."""
         logits = normed @ self.unembed_weight
         if self.unembed_bias is not None:
             logits = logits + self.unembed_bias
+        if self.logit_scale != 1.0:
+            logits = logits * self.logit_scale
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits

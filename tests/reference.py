@@ -10,18 +10,58 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+BLOCK_LISTS = ("h", "layers", "blocks", "decoder.layers", "model.layers")
+FINAL_NORMS = (
+    "ln_f",
+    "norm",
+    "final_layer_norm",
+    "final_layernorm",
+    "final_norm",
+    "norm_f",
+    "ln_out",
+    "layer_norm",
+    "embedding_norm",  # LFM2 names its final norm so
+    "decoder.final_layer_norm",
+    "model.norm",
+)
+
 
 def _blocks_and_norm(hf_model):
+    """The decoder blocks and the final norm, by the names Hugging Face's decoders use."""
     base = hf_model.base_model
-    for blocks_name, norm_name in (("h", "ln_f"), ("layers", "norm"), ("layers", "final_layer_norm")):
-        if hasattr(base, blocks_name) and hasattr(base, norm_name):
-            return getattr(base, blocks_name), getattr(base, norm_name)
-    raise AssertionError(f"reference does not know {type(hf_model).__name__}")
+    blocks = next((base.get_submodule(n) for n in BLOCK_LISTS if _has(base, n)), None)
+    norm = next((base.get_submodule(n) for n in FINAL_NORMS if _has(base, n)), None)
+    if blocks is None or norm is None:
+        raise AssertionError(f"reference does not know {type(hf_model).__name__}")
+    return blocks, norm
+
+
+def _has(module, dotted: str) -> bool:
+    try:
+        module.get_submodule(dotted)
+    except AttributeError:
+        return False
+    return True
+
+
+def _output_scale(config) -> float:
+    """The multiplier Hugging Face's own forward puts on lm_head's output (1 for most models)."""
+    scale = getattr(config, "logit_scale", None) or 1.0  # Cohere, Cohere-2
+    scale /= getattr(config, "logits_scaling", None) or 1.0  # Granite
+    return scale * (getattr(config, "lm_head_multiplier", None) or 1.0)  # Falcon-H1
+
+
+def head_logits(hf_model, hidden: torch.Tensor) -> torch.Tensor:
+    """A residual [1, positions, d_model] read as the model's own output: final norm, lm_head, scale, soft-cap."""
+    _, final_norm = _blocks_and_norm(hf_model)
+    logits = hf_model.get_output_embeddings()(final_norm(hidden))[0].double() * _output_scale(hf_model.config)
+    cap = getattr(hf_model.config, "final_logit_softcapping", None)
+    return cap * torch.tanh(logits / cap) if cap else logits
 
 
 def reference_lens(hf_model, token_ids, top_k: int):
     """Per-row log-probabilities [rows, positions, vocab] in float64, and the model's own logits."""
-    blocks, final_norm = _blocks_and_norm(hf_model)
+    blocks, _ = _blocks_and_norm(hf_model)
     captured = []
     handles = [
         b.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, tuple) else out))
@@ -30,14 +70,10 @@ def reference_lens(hf_model, token_ids, top_k: int):
     try:
         with torch.no_grad():
             output_logits = hf_model(torch.tensor([token_ids])).logits[0].double()
-            rows = [hf_model.get_output_embeddings()(final_norm(h))[0].double() for h in captured]
+            logits = torch.stack([head_logits(hf_model, h) for h in captured])
     finally:
         for h in handles:
             h.remove()
-    logits = torch.stack(rows)
-    cap = getattr(hf_model.config, "final_logit_softcapping", None)
-    if cap:
-        logits = cap * torch.tanh(logits / cap)
     log_probs = torch.log_softmax(logits, dim=-1)
     probs = log_probs.exp()
     final = log_probs[-1]

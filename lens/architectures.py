@@ -1,0 +1,161 @@
+"""Which model architectures the lens reads exactly, and why the others are refused.
+
+The lens is only as good as its parity with the model's own output, so an architecture
+is offered only once ``tests/test_architectures.py`` has proven a tiny random model of it
+against an independent Hugging Face computation. The app and the CLI read this table
+before downloading any weights, and the README's table is rendered from the tests'
+measured outcomes by ``scripts/architecture_table.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lens.errors import LensError
+
+EXACT_STATUS = "exact"
+APPROXIMATE_STATUS = "approximate"
+UNSUPPORTED_STATUS = "unsupported"
+TABLE_POINTER = "see the supported architectures in the README or `python -m lens --list-architectures`"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One Hugging Face architecture class name (config.json's ``architectures[0]``)."""
+
+    name: str
+    family: str
+    example: str
+    status: str = EXACT_STATUS
+    reason: str = ""
+    # Whether the embedding (resid_pre) and after-attention (resid_mid) rows exist.
+    sublayers: bool = True
+
+
+def _exact(name: str, family: str, example: str, *, sublayers: bool = True) -> Architecture:
+    return Architecture(name, family, example, sublayers=sublayers)
+
+
+def _unsupported(name: str, family: str, example: str, reason: str) -> Architecture:
+    return Architecture(name, family, example, UNSUPPORTED_STATUS, reason, sublayers=False)
+
+
+NOT_DECODER = "not a decoder-only causal language model (no next-token distribution after each layer)"
+MULTIMODAL = "a multimodal wrapper; not proven here (its text-only *ForCausalLM sibling is)"
+
+_TABLE = [
+    _exact("GPT2LMHeadModel", "GPT-2", "openai-community/gpt2"),
+    _exact("OpenAIGPTLMHeadModel", "GPT-1", "openai-community/openai-gpt"),
+    _exact("GPTNeoForCausalLM", "GPT-Neo", "EleutherAI/gpt-neo-125m"),
+    _exact("GPTJForCausalLM", "GPT-J", "EleutherAI/gpt-j-6b"),
+    _exact("GPTNeoXForCausalLM", "GPT-NeoX / Pythia", "EleutherAI/pythia-70m"),
+    _exact("OPTForCausalLM", "OPT", "facebook/opt-125m"),
+    _exact("BloomForCausalLM", "BLOOM", "bigscience/bloom-560m"),
+    _exact("CodeGenForCausalLM", "CodeGen", "Salesforce/codegen-350M-mono"),
+    _exact("GPTBigCodeForCausalLM", "GPTBigCode / SantaCoder", "bigcode/gpt_bigcode-santacoder"),
+    _exact("MptForCausalLM", "MPT", "mosaicml/mpt-7b"),
+    _exact("FalconForCausalLM", "Falcon", "tiiuae/falcon-rw-1b"),
+    _exact("XGLMForCausalLM", "XGLM", "facebook/xglm-564M"),
+    _exact("LlamaForCausalLM", "Llama", "HuggingFaceTB/SmolLM2-135M"),
+    _exact("Llama4ForCausalLM", "Llama 4 (text)", "facebook/MobileLLM-R1.5-950M"),
+    _exact("MistralForCausalLM", "Mistral", "mistralai/Mistral-7B-v0.1"),
+    _exact("Ministral3ForCausalLM", "Ministral 3", "mistralai/Ministral-3-3B-Reasoning-2512"),
+    _exact("MixtralForCausalLM", "Mixtral (MoE)", "mistralai/Mixtral-8x7B-v0.1"),
+    _exact("Qwen2ForCausalLM", "Qwen2 / Qwen2.5", "Qwen/Qwen2.5-0.5B"),
+    _exact("Qwen2MoeForCausalLM", "Qwen2-MoE", "Qwen/Qwen1.5-MoE-A2.7B"),
+    _exact("Qwen3ForCausalLM", "Qwen3", "Qwen/Qwen3-0.6B"),
+    _exact("Qwen3MoeForCausalLM", "Qwen3-MoE", "Qwen/Qwen3-30B-A3B"),
+    _exact("Qwen3NextForCausalLM", "Qwen3-Next (hybrid MoE)", "Qwen/Qwen3-Next-80B-A3B-Instruct"),
+    _exact("Qwen3_5ForCausalLM", "Qwen3.5 (text)", "Qwen/Qwen3.5-0.8B-Base"),
+    _exact("Qwen3_5MoeForCausalLM", "Qwen3.5-MoE (text)", "Qwen/Qwen3.5-35B-A3B"),
+    _exact("GemmaForCausalLM", "Gemma", "google/gemma-2b"),
+    _exact("Gemma2ForCausalLM", "Gemma 2", "google/gemma-2-2b"),
+    _exact("Gemma3ForCausalLM", "Gemma 3 (text)", "google/gemma-3-1b-pt"),
+    _exact("Gemma4ForCausalLM", "Gemma 4 (text)", "zentropi-ai/cope-b-a4b"),
+    _exact("VaultGemmaForCausalLM", "VaultGemma", "google/vaultgemma-1b"),
+    _exact("PhiForCausalLM", "Phi", "microsoft/phi-1_5"),
+    _exact("Phi3ForCausalLM", "Phi-3", "microsoft/Phi-3-mini-4k-instruct"),
+    _exact("OlmoForCausalLM", "OLMo", "allenai/OLMo-1B-hf"),
+    _exact("Olmo2ForCausalLM", "OLMo 2", "allenai/OLMo-2-0425-1B"),
+    _exact("Olmo3ForCausalLM", "OLMo 3", "allenai/Olmo-3-1025-7B"),
+    _exact("OlmoeForCausalLM", "OLMoE (MoE)", "allenai/OLMoE-1B-7B-0924"),
+    _exact("OlmoHybridForCausalLM", "OLMo Hybrid", "allenai/Olmo-Hybrid-7B"),
+    _exact("FlexOlmoForCausalLM", "FlexOlmo (MoE)", "allenai/Flex-math-2x7B-1T"),
+    _exact("StableLmForCausalLM", "StableLM", "stabilityai/stablelm-2-1_6b"),
+    _exact("Starcoder2ForCausalLM", "StarCoder2", "bigcode/starcoder2-3b"),
+    _exact("CohereForCausalLM", "Cohere (Command R)", "CohereLabs/c4ai-command-r-v01"),
+    _exact("Cohere2ForCausalLM", "Cohere 2 (Command R7B)", "CohereLabs/c4ai-command-r7b-12-2024"),
+    _exact("GraniteForCausalLM", "Granite", "ibm-granite/granite-3.0-2b-instruct"),
+    _exact("GraniteMoeForCausalLM", "Granite MoE", "ibm-granite/granite-3.0-1b-a400m-base"),
+    _exact("GraniteMoeHybridForCausalLM", "Granite 4 (hybrid)", "ibm-granite/granite-4.0-1b"),
+    _exact("NemotronForCausalLM", "Nemotron", "nvidia/Minitron-4B-Base"),
+    _exact("NemotronHForCausalLM", "Nemotron-H (hybrid)", "nvidia/NVIDIA-Nemotron-Nano-9B-v2"),
+    _exact("GlmForCausalLM", "GLM", "zai-org/glm-edge-1.5b-chat"),
+    _exact("Glm4ForCausalLM", "GLM-4", "zai-org/GLM-4-9B-0414"),
+    _exact("Glm4MoeForCausalLM", "GLM-4 MoE", "zai-org/GLM-4.5-Air"),
+    _exact("Glm4MoeLiteForCausalLM", "GLM-4.7 Flash", "zai-org/GLM-4.7-Flash"),
+    _exact("DeepseekV2ForCausalLM", "DeepSeek-V2", "deepseek-ai/DeepSeek-V2-Lite"),
+    _exact("DeepseekV3ForCausalLM", "DeepSeek-V3", "deepseek-ai/DeepSeek-V3"),
+    _exact("GptOssForCausalLM", "gpt-oss (MoE)", "openai/gpt-oss-20b"),
+    _exact("Ernie4_5ForCausalLM", "ERNIE 4.5", "baidu/ERNIE-4.5-0.3B-PT"),
+    _exact("Ernie4_5_MoeForCausalLM", "ERNIE 4.5 MoE", "baidu/ERNIE-4.5-21B-A3B-PT"),
+    _exact("Exaone4ForCausalLM", "EXAONE 4", "LGAI-EXAONE/EXAONE-4.0-1.2B"),
+    _exact("SmolLM3ForCausalLM", "SmolLM3", "HuggingFaceTB/SmolLM3-3B"),
+    _exact("SeedOssForCausalLM", "Seed-OSS", "ByteDance-Seed/Seed-OSS-36B-Base"),
+    _exact("ApertusForCausalLM", "Apertus", "swiss-ai/Apertus-8B-2509"),
+    _exact("ArceeForCausalLM", "Arcee (AFM)", "arcee-ai/AFM-4.5B-Base"),
+    _exact("AfmoeForCausalLM", "AFMoE (Trinity)", "arcee-ai/Trinity-Nano-Base"),
+    _exact("BitNetForCausalLM", "BitNet", "microsoft/bitnet-b1.58-2B-4T-bf16"),
+    _exact("Jais2ForCausalLM", "Jais 2", "inceptionai/Jais-2-8B-Chat"),
+    _exact("JetMoeForCausalLM", "JetMoE", "jetmoe/jetmoe-8b"),
+    _exact("LagunaForCausalLM", "Laguna", "poolside/Laguna-XS-2.1"),
+    _exact("MiniMaxM2ForCausalLM", "MiniMax-M2", "MiniMaxAI/MiniMax-M2"),
+    _exact("NanoChatForCausalLM", "nanochat", "nanochat-students/nanochat-d20"),
+    _exact("HunYuanDenseV1ForCausalLM", "Hunyuan (dense)", "tencent/Hunyuan-0.5B-Instruct"),
+    _exact("YoutuForCausalLM", "Youtu-LLM", "tencent/Youtu-LLM-2B-Base"),
+    _exact("Lfm2ForCausalLM", "LFM2 (hybrid)", "LiquidAI/LFM2-350M"),
+    _exact("Lfm2MoeForCausalLM", "LFM2-MoE (hybrid)", "LiquidAI/LFM2-8B-A1B"),
+    _exact("FalconH1ForCausalLM", "Falcon-H1 (hybrid)", "tiiuae/Falcon-H1-0.5B-Base"),
+    _exact("BambaForCausalLM", "Bamba (hybrid)", "ibm-ai-platform/Bamba-9B-v1"),
+    _exact("JambaForCausalLM", "Jamba (hybrid)", "ai21labs/AI21-Jamba-Reasoning-3B"),
+    _exact("Zamba2ForCausalLM", "Zamba2 (hybrid)", "Zyphra/Zamba2-1.2B"),
+    _exact("RecurrentGemmaForCausalLM", "RecurrentGemma", "google/recurrentgemma-2b"),
+    _exact("MambaForCausalLM", "Mamba", "state-spaces/mamba-130m-hf"),
+    _exact("Mamba2ForCausalLM", "Mamba-2", "AntonV/mamba2-130m-hf"),
+    _exact("FalconMambaForCausalLM", "Falcon-Mamba", "tiiuae/falcon-mamba-7b"),
+    _exact("RwkvForCausalLM", "RWKV-4", "RWKV/rwkv-4-169m-pile"),
+    _exact("ModernBertDecoderForCausalLM", "ModernBERT decoder (Ettin)", "jhu-clsp/ettin-decoder-17m"),
+    _exact("GlmMoeDsaForCausalLM", "GLM-5", "zai-org/GLM-5"),
+]
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in _TABLE}
+EXACT = frozenset(n for n, a in ARCHITECTURES.items() if a.status == EXACT_STATUS)
+
+
+def describe(name: str) -> Architecture:
+    """This architecture's entry; one TransformerLens has no bridge for reads as unsupported."""
+    return ARCHITECTURES.get(name) or _unsupported(
+        name, name, "", "TransformerLens 4.3 has no bridge for it, or the lens has not been proven on it"
+    )
+
+
+def check_architecture(config: dict) -> None:
+    """Refuse a model whose config.json names an architecture the lens is not proven on.
+
+    Runs before any weights download, so an unsupported model costs one small file.
+    """
+    names = config.get("architectures") or []
+    if not names:
+        return  # an old config without the field: TransformerLens decides from model_type
+    entry = describe(str(names[0]))
+    if entry.status == UNSUPPORTED_STATUS:
+        raise LensError(f"Architecture {entry.name} is not supported: {entry.reason} ({TABLE_POINTER}).")
+
+
+def listing() -> str:
+    """One line per architecture, for ``python -m lens --list-architectures``."""
+    rows = [(a.name, a.family, a.status + (f" ({a.reason})" if a.reason else ""), a.example) for a in _TABLE]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        f"{n.ljust(widths[0])}  {f.ljust(widths[1])}  {s.ljust(widths[2])}  {e}".rstrip() for n, f, s, e in rows
+    )

@@ -1,0 +1,221 @@
+"""Every decoder-only architecture the lens claims, proven on a tiny random model of it.
+
+Each test builds a two-layer, width-64 model from the family's own transformers config
+class (with the features that make the family special switched on: logit scaling, soft
+caps, embedding multipliers, mixtures of experts), runs the lens through TransformerLens,
+and checks it against the independent Hugging Face computation in ``tests/reference.py``.
+Outcomes go to ``artifacts/architectures.json``; ``scripts/architecture_table.py``
+renders the README's table from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from lens import LensError, LensModel, run_lens
+from lens.architectures import ARCHITECTURES, EXACT
+from tests.conftest import ROOT, STORIES, require_shared
+from tests.reference import _blocks_and_norm, assert_top_ids_match, head_logits, reference_lens
+
+PROMPT = "Once upon a time, there was a little girl named Lily."
+TOP_K = 5
+# Probabilities, entropy and KL within 1e-5; a log-normaliser sums 512 fp32 exps, so 1e-4.
+TOLERANCES = {"output_log_normalizer": 1e-4}
+OUTCOMES = ROOT / "artifacts" / "architectures.json"
+
+# Every tiny model: 2 layers, width 64, the 512-token stories260K vocabulary.
+BASE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    intermediate_size=128,
+    vocab_size=512,
+    max_position_embeddings=128,
+    bos_token_id=1,
+    eos_token_id=2,
+    pad_token_id=0,
+    attn_implementation="eager",
+)
+NO_KV_HEADS = dict(num_key_value_heads=None)
+# Multi-head latent attention (DeepSeek-V2/V3 and their descendants), with small experts.
+MLA = dict(
+    num_key_value_heads=4,
+    kv_lora_rank=16,
+    q_lora_rank=32,
+    qk_nope_head_dim=8,
+    qk_rope_head_dim=8,
+    v_head_dim=16,
+    n_routed_experts=4,
+    num_experts_per_tok=2,
+    moe_intermediate_size=32,
+    first_k_dense_replace=1,
+    n_group=1,
+    topk_group=1,
+)
+HYBRID = dict(layer_types=["linear_attention", "full_attention"])
+
+# The config overrides that make each family build tiny, and switch on what sets it apart.
+FAMILY_CONFIG: dict[str, dict] = {
+    "GPT2LMHeadModel": NO_KV_HEADS,
+    "OpenAIGPTLMHeadModel": NO_KV_HEADS,
+    "GPTNeoForCausalLM": {**NO_KV_HEADS, "attention_types": [[["global", "local"], 1]]},
+    "GPTJForCausalLM": {**NO_KV_HEADS, "rotary_dim": 8, "tie_word_embeddings": False},
+    "GPTNeoXForCausalLM": {**NO_KV_HEADS, "use_parallel_residual": True, "rotary_pct": 0.5},
+    "CodeGenForCausalLM": {**NO_KV_HEADS, "rotary_dim": 8, "n_ctx": 128},
+    "GPTBigCodeForCausalLM": {**NO_KV_HEADS, "multi_query": True},
+    "BloomForCausalLM": NO_KV_HEADS,
+    "MptForCausalLM": NO_KV_HEADS,
+    "OPTForCausalLM": {**NO_KV_HEADS, "ffn_dim": 128, "word_embed_proj_dim": 64},
+    "FalconForCausalLM": {"num_key_value_heads": None, "parallel_attn": True, "multi_query": True},
+    "PhiForCausalLM": {"partial_rotary_factor": 0.5},
+    "CohereForCausalLM": {"logit_scale": 0.125},
+    "Cohere2ForCausalLM": {"logit_scale": 0.125, "sliding_window": 4},
+    "GraniteForCausalLM": {
+        "logits_scaling": 4.0,
+        "embedding_multiplier": 3.0,
+        "residual_multiplier": 0.5,
+        "attention_multiplier": 0.1,
+    },
+    "GraniteMoeForCausalLM": {"logits_scaling": 4.0, "embedding_multiplier": 3.0, "residual_multiplier": 0.5},
+    "GemmaForCausalLM": {"head_dim": 16},
+    "Gemma2ForCausalLM": {"head_dim": 16, "final_logit_softcapping": 5.0, "attn_logit_softcapping": 20.0},
+    "Gemma3ForCausalLM": {"head_dim": 16, "final_logit_softcapping": 5.0, "sliding_window": 4},
+    "VaultGemmaForCausalLM": {"head_dim": 16, "final_logit_softcapping": 5.0},
+    "FalconH1ForCausalLM": {"lm_head_multiplier": 0.5, "embedding_multiplier": 2.0},
+    "MistralForCausalLM": {"sliding_window": 4},
+    "MixtralForCausalLM": {"num_local_experts": 4, "num_experts_per_tok": 2},
+    "Qwen2MoeForCausalLM": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    "Qwen3MoeForCausalLM": {"num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    "OlmoeForCausalLM": {"num_experts": 4, "num_experts_per_tok": 2},
+    "DeepseekV2ForCausalLM": MLA,
+    "DeepseekV3ForCausalLM": MLA,
+    "Glm4MoeLiteForCausalLM": MLA,
+    "Qwen3NextForCausalLM": {**HYBRID, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    "Qwen3_5ForCausalLM": HYBRID,
+    "Qwen3_5MoeForCausalLM": {**HYBRID, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    "BambaForCausalLM": {"attn_layer_indices": [1]},
+    "JambaForCausalLM": {"attn_layer_period": 2, "attn_layer_offset": 1, "num_experts": 2, "expert_layer_period": 2},
+    "MambaForCausalLM": {"state_size": 8},
+    "Mamba2ForCausalLM": {"num_heads": 8, "head_dim": 16, "n_groups": 1, "state_size": 8},
+    "GraniteMoeHybridForCausalLM": {"layer_types": ["mamba", "attention"]},
+    "Lfm2MoeForCausalLM": {"layer_types": ["conv", "full_attention"], "num_dense_layers": 1, "num_experts": 4},
+    "RecurrentGemmaForCausalLM": {"block_types": ["recurrent", "attention"], "head_dim": 16},
+    "Zamba2ForCausalLM": {"layers_block_type": ["mamba", "hybrid"], "mamba_d_state": 8},
+    "YoutuForCausalLM": MLA,
+    "GlmMoeDsaForCausalLM": MLA,
+    "FalconMambaForCausalLM": {"state_size": 8},
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    require_shared()
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(STORIES))
+
+
+@pytest.fixture(scope="module")
+def outcomes():
+    """Each test's measured errors, written once for the README's table."""
+    measured: dict[str, dict] = {}
+    yield measured
+    if measured:
+        OUTCOMES.parent.mkdir(exist_ok=True)
+        previous = json.loads(OUTCOMES.read_text()) if OUTCOMES.is_file() else {}
+        OUTCOMES.write_text(json.dumps({**previous, **measured}, indent=1, sort_keys=True) + "\n")
+
+
+def build_tiny(name: str):
+    """A random two-layer model of this architecture, and an untouched copy for the reference."""
+    model_class = getattr(transformers, name)
+    overrides = {**BASE, "architectures": [name], **FAMILY_CONFIG.get(name, {})}
+    config = model_class.config_class(**{k: v for k, v in overrides.items() if v is not None})
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hf_model = model_class(config).eval()
+    return hf_model, copy.deepcopy(hf_model)
+
+
+def embedding_rows(reference, token_ids) -> torch.Tensor:
+    """The residual stream entering block 0 (after any embedding scale), read as the model's output."""
+    blocks, _ = _blocks_and_norm(reference)
+    seen = []
+
+    def grab(_module, args, kwargs):
+        seen.append(args[0] if args else kwargs["hidden_states"])
+
+    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            reference(torch.tensor([token_ids]))
+            return head_logits(reference, seen[0])
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("name", sorted(EXACT))
+def test_exact_architecture(name, tokenizer, outcomes):
+    """The lens equals the independent computation, and its last row is the model's own output."""
+    hf_model, reference = build_tiny(name)
+    model = LensModel.from_hf(hf_model, tokenizer, name=name)
+    entry = ARCHITECTURES[name]
+    points = ("resid_pre", "resid_mid", "resid_post") if entry.sublayers else ("resid_post",)
+    result = run_lens(model, PROMPT, top_k=TOP_K, points=points)
+    post = [i for i, hook in enumerate(result.points) if hook.endswith("hook_resid_post")]
+    assert len(post) == model.n_layers == BASE["num_hidden_layers"]
+    ref = reference_lens(reference, result.token_ids, TOP_K)
+
+    assert_top_ids_match(result.top_ids[post], ref)
+    errors = {
+        "top_probs": float(np.abs(result.top_probs[post] - ref["top_probs"]).max()),
+        "entropy": float(np.abs(result.entropy[post] - ref["entropy"]).max()),
+        "kl_to_final": float(np.abs(result.kl_to_final[post] - ref["kl_to_final"]).max()),
+    }
+    # The lens's output row is the model's own: same probabilities, same logit scale.
+    model_logits = _model_logits(reference, result.token_ids)
+    model_log_probs = torch.log_softmax(torch.from_numpy(model_logits), -1).numpy()
+    top_model_probs = np.exp(np.take_along_axis(model_log_probs, result.top_ids[-1], -1))
+    errors["output_top_probs"] = float(np.abs(result.top_probs[-1] - top_model_probs).max())
+    output, last = ref["output_log_probs"], ref["log_probs"][-1]
+    errors["output_kl"] = float((np.exp(output) * (output - last)).sum(-1).max())
+    errors["output_log_normalizer"] = float(np.abs(result.log_normalizer[-1] - _logsumexp(model_logits)).max())
+    if entry.sublayers:
+        embed = torch.log_softmax(embedding_rows(reference, result.token_ids), -1).exp().numpy()
+        errors["embedding_top1"] = float(np.abs(result.top_probs[0, :, 0] - embed.max(-1)).max())
+        assert result.layers[0] == "embed" and result.layers[1] == "L0 attn"
+        assert len(result.layers) == 1 + 2 * model.n_layers
+    outcomes[name] = {"errors": errors, "sublayers": entry.sublayers}
+    for metric, error in errors.items():
+        assert error < TOLERANCES.get(metric, 1e-5), f"{name}: {metric} off by {error:.2e}"
+
+
+def _logsumexp(logits: np.ndarray) -> np.ndarray:
+    return torch.logsumexp(torch.from_numpy(logits), -1).numpy()
+
+
+def _model_logits(reference, token_ids) -> np.ndarray:
+    with torch.no_grad():
+        return reference(torch.tensor([token_ids])).logits[0].double().numpy()
+
+
+@pytest.mark.parametrize("name", sorted(n for n in EXACT if not ARCHITECTURES[n].sublayers))
+def test_missing_sublayer_points_are_refused_in_one_line(name, tokenizer):
+    hf_model, _ = build_tiny(name)
+    model = LensModel.from_hf(hf_model, tokenizer, name=name)
+    with pytest.raises(LensError) as caught:
+        run_lens(model, PROMPT, points=("resid_mid", "resid_post"))
+    assert "\n" not in str(caught.value) and name in str(caught.value)
+
+
+def test_enough_architectures_are_proven():
+    assert len(EXACT) >= 40, sorted(EXACT)
