@@ -55,7 +55,8 @@ def head_logits(hf_model, hidden: torch.Tensor) -> torch.Tensor:
     """A residual [1, positions, d_model] read as the model's own output: final norm, lm_head, scale, soft-cap."""
     _, final_norm = _blocks_and_norm(hf_model)
     logits = hf_model.get_output_embeddings()(final_norm(hidden))[0].double() * _output_scale(hf_model.config)
-    cap = getattr(hf_model.config, "final_logit_softcapping", None)
+    config = hf_model.config
+    cap = getattr(config, "final_logit_softcapping", None) or getattr(config, "logits_soft_cap", None)  # RecurrentGemma
     return cap * torch.tanh(logits / cap) if cap else logits
 
 
