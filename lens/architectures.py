@@ -28,16 +28,16 @@ class Architecture:
     example: str
     status: str = EXACT_STATUS
     reason: str = ""
-    # Whether the embedding (resid_pre) and after-attention (resid_mid) rows exist.
-    sublayers: bool = True
+    # Whether TransformerLens has an after-attention point (resid_mid) for it to read.
+    after_attention: bool = True
 
 
-def _exact(name: str, family: str, example: str, *, sublayers: bool = True) -> Architecture:
-    return Architecture(name, family, example, sublayers=sublayers)
+def _exact(name: str, family: str, example: str, *, after_attention: bool = True) -> Architecture:
+    return Architecture(name, family, example, after_attention=after_attention)
 
 
 def _unsupported(name: str, family: str, example: str, reason: str) -> Architecture:
-    return Architecture(name, family, example, UNSUPPORTED_STATUS, reason, sublayers=False)
+    return Architecture(name, family, example, UNSUPPORTED_STATUS, reason, after_attention=False)
 
 
 NOT_DECODER = "not a decoder-only causal language model (no next-token distribution after each layer)"
@@ -52,8 +52,8 @@ _TABLE = [
         "TransformerLens 4.3's GPT-1 bridge has no final norm and no hook_resid_post points to read",
     ),
     _exact("GPTNeoForCausalLM", "GPT-Neo", "EleutherAI/gpt-neo-125m"),
-    _exact("GPTJForCausalLM", "GPT-J", "EleutherAI/gpt-j-6b", sublayers=False),
-    _exact("GPTNeoXForCausalLM", "GPT-NeoX / Pythia", "EleutherAI/pythia-70m", sublayers=False),
+    _exact("GPTJForCausalLM", "GPT-J", "EleutherAI/gpt-j-6b", after_attention=False),
+    _exact("GPTNeoXForCausalLM", "GPT-NeoX / Pythia", "EleutherAI/pythia-70m", after_attention=False),
     _exact("OPTForCausalLM", "OPT", "facebook/opt-125m"),
     _exact("BloomForCausalLM", "BLOOM", "bigscience/bloom-560m"),
     _unsupported(
@@ -64,8 +64,8 @@ _TABLE = [
         "which transformers 5 moved to a rotary module: the model does not run",
     ),
     _exact("GPTBigCodeForCausalLM", "GPTBigCode / SantaCoder", "bigcode/gpt_bigcode-santacoder"),
-    _exact("MptForCausalLM", "MPT", "mosaicml/mpt-7b"),
-    _exact("FalconForCausalLM", "Falcon", "tiiuae/falcon-rw-1b", sublayers=False),
+    _exact("MptForCausalLM", "MPT", "hf-internal-testing/tiny-random-MptForCausalLM"),
+    _exact("FalconForCausalLM", "Falcon", "tiiuae/falcon-rw-1b", after_attention=False),
     _exact("XGLMForCausalLM", "XGLM", "facebook/xglm-564M"),
     _exact("LlamaForCausalLM", "Llama", "HuggingFaceTB/SmolLM2-135M"),
     _exact("Llama4ForCausalLM", "Llama 4 (text)", "facebook/MobileLLM-R1.5-950M"),
@@ -77,14 +77,14 @@ _TABLE = [
     _exact("Qwen3ForCausalLM", "Qwen3", "Qwen/Qwen3-0.6B"),
     _exact("Qwen3MoeForCausalLM", "Qwen3-MoE", "Qwen/Qwen3-30B-A3B"),
     _exact("Qwen3NextForCausalLM", "Qwen3-Next (hybrid MoE)", "Qwen/Qwen3-Next-80B-A3B-Instruct"),
-    _exact("Qwen3_5ForCausalLM", "Qwen3.5 (text)", "Qwen/Qwen3.5-0.8B-Base"),
+    _exact("Qwen3_5ForCausalLM", "Qwen3.5 (text)", "Evelyn67/Qwen3.5-2B-Her"),
     _exact("Qwen3_5MoeForCausalLM", "Qwen3.5-MoE (text)", "Qwen/Qwen3.5-35B-A3B"),
     _exact("GemmaForCausalLM", "Gemma", "google/gemma-2b"),
     _exact("Gemma2ForCausalLM", "Gemma 2", "google/gemma-2-2b"),
     _exact("Gemma3ForCausalLM", "Gemma 3 (text)", "google/gemma-3-1b-pt"),
     _exact("Gemma4ForCausalLM", "Gemma 4 (text)", "zentropi-ai/cope-b-a4b"),
     _exact("VaultGemmaForCausalLM", "VaultGemma", "google/vaultgemma-1b"),
-    _exact("PhiForCausalLM", "Phi", "microsoft/phi-1_5", sublayers=False),
+    _exact("PhiForCausalLM", "Phi", "microsoft/phi-1_5", after_attention=False),
     _exact("Phi3ForCausalLM", "Phi-3", "microsoft/Phi-3-mini-4k-instruct"),
     _exact("OlmoForCausalLM", "OLMo", "allenai/OLMo-1B-hf"),
     _exact("Olmo2ForCausalLM", "OLMo 2", "allenai/OLMo-2-0425-1B"),
@@ -94,13 +94,13 @@ _TABLE = [
     _exact("FlexOlmoForCausalLM", "FlexOlmo (MoE)", "allenai/Flex-math-2x7B-1T"),
     _exact("StableLmForCausalLM", "StableLM", "stabilityai/stablelm-2-1_6b"),
     _exact("Starcoder2ForCausalLM", "StarCoder2", "bigcode/starcoder2-3b"),
-    _exact("CohereForCausalLM", "Cohere (Command R)", "CohereLabs/c4ai-command-r-v01", sublayers=False),
-    _exact("Cohere2ForCausalLM", "Cohere 2 (Command R7B)", "CohereLabs/c4ai-command-r7b-12-2024", sublayers=False),
+    _exact("CohereForCausalLM", "Cohere (Command R)", "CohereLabs/c4ai-command-r-v01", after_attention=False),
+    _exact("Cohere2ForCausalLM", "Cohere 2", "CohereLabs/c4ai-command-r7b-12-2024", after_attention=False),
     _exact("GraniteForCausalLM", "Granite", "ibm-granite/granite-3.0-2b-instruct"),
     _exact("GraniteMoeForCausalLM", "Granite MoE", "ibm-granite/granite-3.0-1b-a400m-base"),
     _exact("GraniteMoeHybridForCausalLM", "Granite 4 (hybrid)", "ibm-granite/granite-4.0-1b"),
     _exact("NemotronForCausalLM", "Nemotron", "nvidia/Minitron-4B-Base"),
-    _exact("NemotronHForCausalLM", "Nemotron-H (hybrid)", "nvidia/NVIDIA-Nemotron-Nano-9B-v2", sublayers=False),
+    _exact("NemotronHForCausalLM", "Nemotron-H (hybrid)", "nvidia/NVIDIA-Nemotron-Nano-9B-v2", after_attention=False),
     _exact("GlmForCausalLM", "GLM", "zai-org/glm-edge-1.5b-chat"),
     _exact("Glm4ForCausalLM", "GLM-4", "zai-org/GLM-4-9B-0414"),
     _exact("Glm4MoeForCausalLM", "GLM-4 MoE", "zai-org/GLM-4.5-Air"),
@@ -129,11 +129,11 @@ _TABLE = [
     _exact("FalconH1ForCausalLM", "Falcon-H1 (hybrid)", "tiiuae/Falcon-H1-0.5B-Base"),
     _exact("BambaForCausalLM", "Bamba (hybrid)", "ibm-ai-platform/Bamba-9B-v1"),
     _exact("JambaForCausalLM", "Jamba (hybrid)", "ai21labs/AI21-Jamba-Reasoning-3B"),
-    _exact("Zamba2ForCausalLM", "Zamba2 (hybrid)", "Zyphra/Zamba2-1.2B", sublayers=False),
-    _exact("RecurrentGemmaForCausalLM", "RecurrentGemma", "google/recurrentgemma-2b", sublayers=False),
-    _exact("MambaForCausalLM", "Mamba", "state-spaces/mamba-130m-hf", sublayers=False),
-    _exact("Mamba2ForCausalLM", "Mamba-2", "AntonV/mamba2-130m-hf", sublayers=False),
-    _exact("FalconMambaForCausalLM", "Falcon-Mamba", "tiiuae/falcon-mamba-7b", sublayers=False),
+    _exact("Zamba2ForCausalLM", "Zamba2 (hybrid)", "Zyphra/Zamba2-1.2B", after_attention=False),
+    _exact("RecurrentGemmaForCausalLM", "RecurrentGemma", "google/recurrentgemma-2b", after_attention=False),
+    _exact("MambaForCausalLM", "Mamba", "state-spaces/mamba-130m-hf", after_attention=False),
+    _exact("Mamba2ForCausalLM", "Mamba-2", "AntonV/mamba2-130m-hf", after_attention=False),
+    _exact("FalconMambaForCausalLM", "Falcon-Mamba", "tiiuae/falcon-mamba-7b", after_attention=False),
     _exact("RwkvForCausalLM", "RWKV-4", "RWKV/rwkv-4-169m-pile"),
     _unsupported(
         "ModernBertDecoderForCausalLM",
@@ -145,13 +145,26 @@ _TABLE = [
     _exact("GlmMoeDsaForCausalLM", "GLM-5", "zai-org/GLM-5"),
 ]
 
+_TABLE += [
+    _unsupported("Gemma3ForConditionalGeneration", "Gemma 3 (multimodal)", "google/gemma-3-4b-it", MULTIMODAL),
+    _unsupported("Qwen3_5ForConditionalGeneration", "Qwen3.5 (multimodal)", "Qwen/Qwen3.5-2B", MULTIMODAL),
+    _unsupported("Mistral3ForConditionalGeneration", "Mistral 3 (multimodal)", "tiny-random/mistral-3", MULTIMODAL),
+    _unsupported("LlavaForConditionalGeneration", "LLaVA", "llava-hf/llava-1.5-7b-hf", MULTIMODAL),
+    _unsupported("T5ForConditionalGeneration", "T5", "google-t5/t5-small", NOT_DECODER),
+    _unsupported("BartForConditionalGeneration", "BART", "facebook/bart-large-cnn", NOT_DECODER),
+    _unsupported("BertForMaskedLM", "BERT", "google-bert/bert-base-cased", NOT_DECODER),
+]
+
+# Checkpoints whose config.json names the class differently from transformers' own.
+ALIASES = {"MPTForCausalLM": "MptForCausalLM", "Gemma1ForCausalLM": "GemmaForCausalLM"}
+
 ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in _TABLE}
 EXACT = frozenset(n for n, a in ARCHITECTURES.items() if a.status == EXACT_STATUS)
 
 
 def describe(name: str) -> Architecture:
-    """This architecture's entry; one TransformerLens has no bridge for reads as unsupported."""
-    return ARCHITECTURES.get(name) or _unsupported(
+    """This architecture's entry; one the table does not name reads as unsupported."""
+    return ARCHITECTURES.get(ALIASES.get(name, name)) or _unsupported(
         name, name, "", "TransformerLens 4.3 has no bridge for it, or the lens has not been proven on it"
     )
 
@@ -166,13 +179,21 @@ def check_architecture(config: dict) -> None:
         return  # an old config without the field: TransformerLens decides from model_type
     entry = describe(str(names[0]))
     if entry.status == UNSUPPORTED_STATUS:
-        raise LensError(f"Architecture {entry.name} is not supported: {entry.reason} ({TABLE_POINTER}).")
+        raise LensError(f"Architecture {names[0]} is not supported: {entry.reason} ({TABLE_POINTER}).")
+
+
+def status_text(entry: Architecture) -> str:
+    """The status as people read it: exact, with what is missing, or why not."""
+    if entry.status == EXACT_STATUS and not entry.after_attention:
+        return "exact (no after-attention rows: attention and MLP in parallel, or recurrent blocks)"
+    return entry.status + (f": {entry.reason}" if entry.reason else "")
 
 
 def listing() -> str:
     """One line per architecture, for ``python -m lens --list-architectures``."""
-    rows = [(a.name, a.family, a.status + (f" ({a.reason})" if a.reason else ""), a.example) for a in _TABLE]
+    rows = [(a.name, a.family, a.example, status_text(a)) for a in _TABLE]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
-    return "\n".join(
-        f"{n.ljust(widths[0])}  {f.ljust(widths[1])}  {s.ljust(widths[2])}  {e}".rstrip() for n, f, s, e in rows
-    )
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, [*widths, 0], strict=True)).rstrip() for row in rows]
+    exact = sum(a.status == EXACT_STATUS for a in _TABLE)
+    lines.append(f"{exact} exact. Any architecture not listed is refused before its weights download.")
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from lens.architectures import listing
 from lens.engine import POINTS, run_lens
 from lens.errors import LensError
 from lens.model import DEFAULT_MODEL, load_model
@@ -25,7 +26,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lens",
         description="Logit lens: the model's next-token guess after every layer, for each position of a prompt.",
     )
-    parser.add_argument("prompt", help="the text to read")
+    parser.add_argument("prompt", nargs="?", help="the text to read")
+    parser.add_argument(
+        "--list-architectures",
+        action="store_true",
+        help="list every model architecture: exact, approximate or unsupported (with why), and an example model",
+    )
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -106,7 +112,13 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
-        args = build_parser().parse_args(argv)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if args.list_architectures:
+            sys.stdout.write(listing() + "\n")
+            return 0
+        if args.prompt is None:
+            parser.error("the following arguments are required: prompt")
         model = load_model(args.model, device=args.device)
         result = run_lens(
             model, args.prompt, top_k=args.top_k, targets=args.target, prepend_bos=args.prepend_bos, points=args.points

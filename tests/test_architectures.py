@@ -176,18 +176,18 @@ def embedding_rows(reference, token_ids) -> torch.Tensor:
 def test_exact_architecture(name, tokenizer, outcomes):
     """The lens equals the independent computation, and its last row is the model's own output.
 
-    Sub-layer rows (embedding, after attention) are read too where the family has them;
-    where it has no after-attention point (parallel attention and MLP, state-space
-    blocks), asking for one is refused in one line.
+    The embedding row is read too, and the after-attention rows where the family has
+    them; where it has no such point (attention and MLP in parallel, recurrent blocks),
+    asking for one is refused in one line.
     """
     hf_model, reference = build_tiny(name)
     model = LensModel.from_hf(hf_model, tokenizer, name=name)
     entry = ARCHITECTURES[name]
-    if not entry.sublayers:
+    if not entry.after_attention:
         with pytest.raises(LensError) as refused:
             run_lens(model, PROMPT, points=("resid_mid", "resid_post"))
         assert "\n" not in str(refused.value) and "resid_mid" in str(refused.value)
-    points = ("resid_pre", "resid_mid", "resid_post") if entry.sublayers else ("resid_post",)
+    points = ("resid_pre", "resid_mid", "resid_post") if entry.after_attention else ("resid_pre", "resid_post")
     result = run_lens(model, PROMPT, top_k=TOP_K, points=points)
     post = [i for i, hook in enumerate(result.points) if hook.endswith("hook_resid_post")]
     assert len(post) == model.n_layers
@@ -207,11 +207,11 @@ def test_exact_architecture(name, tokenizer, outcomes):
     output, last = ref["output_log_probs"], ref["log_probs"][-1]
     errors["output_kl"] = float((np.exp(output) * (output - last)).sum(-1).max())
     errors["output_log_normalizer"] = float(np.abs(result.log_normalizer[-1] - _logsumexp(model_logits)).max())
-    if entry.sublayers:
-        assert result.layers[:2] == ["embed", "L0 attn"] and len(result.layers) == 1 + 2 * model.n_layers
-        embed = torch.softmax(embedding_rows(reference, result.token_ids), -1).numpy()
-        errors["embedding_top1"] = float(np.abs(result.top_probs[0, :, 0] - embed.max(-1)).max())
-    outcomes[name] = {"errors": errors, "sublayers": entry.sublayers}
+    assert result.layers[0] == "embed" and len(result.layers) == 1 + len(points[1:]) * model.n_layers
+    assert entry.after_attention == (result.layers[1] == "L0 attn")
+    embed = torch.softmax(embedding_rows(reference, result.token_ids), -1).numpy()
+    errors["embedding_top1"] = float(np.abs(result.top_probs[0, :, 0] - embed.max(-1)).max())
+    outcomes[name] = {"errors": errors, "after_attention": entry.after_attention}
     for metric, error in errors.items():
         assert error < TOLERANCES.get(metric, 1e-5), f"{name}: {metric} off by {error:.2e}"
 
