@@ -7,6 +7,7 @@ them, next to the bridge and its tokenizer.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import socket
@@ -19,6 +20,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from lens.architectures import check_architecture
 from lens.errors import LensError
 from lens.tokens import TokenNamer
 
@@ -238,6 +240,23 @@ def download_snapshot(repo_id: str, progress: Progress | None = None) -> str:
     return snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.model", *weights], tqdm_class=ReportingBar)
 
 
+def read_config(source: str) -> dict:
+    """A model's config.json, from its folder or as one small file from the hub (no weights)."""
+    if Path(source).is_dir():
+        path = Path(source) / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(source, "config.json")
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LensError(f"The model's config.json could not be read: {exc}") from exc
+    if not isinstance(config, dict):
+        raise LensError("The model's config.json is not a JSON object.")
+    return config
+
+
 def load_model(
     name_or_path: str = DEFAULT_MODEL,
     *,
@@ -259,6 +278,7 @@ def load_model(
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoTokenizer
 
+        check_architecture(read_config(source))
         if not Path(source).is_dir():
             source = download_snapshot(source, progress)
         report(f"Reading the tokenizer and weights of {shown}", None)

@@ -227,3 +227,75 @@ def _model_logits(reference, token_ids) -> np.ndarray:
 
 def test_enough_architectures_are_proven():
     assert len(EXACT) >= 40, sorted(EXACT)
+
+
+class WeightsDownloaded(Exception):
+    """Raised by the fake download: reaching it means the architecture check let the model through."""
+
+
+@pytest.fixture
+def fake_hub(monkeypatch, tmp_path):
+    """A reachable hub whose repos' config.json says what the test wants; weights never download."""
+    import huggingface_hub
+
+    from lens import model as model_module
+
+    configs: dict[str, dict] = {}
+
+    def fetch_config(repo_id, filename, **_):
+        path = tmp_path / repo_id.replace("/", "--") / filename
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(configs[repo_id]))
+        return str(path)
+
+    def download(repo_id, progress=None):
+        raise WeightsDownloaded(repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch_config)
+    monkeypatch.setattr(model_module, "_hub_offline", lambda: False)
+    monkeypatch.setattr(model_module, "_cached_snapshot", lambda repo_id: None)
+    monkeypatch.setattr(model_module, "download_snapshot", download)
+    return configs
+
+
+def test_unsupported_hub_model_is_refused_before_its_weights(fake_hub):
+    from lens import load_model
+
+    fake_hub["someone/t5-small"] = {"architectures": ["T5ForConditionalGeneration"], "model_type": "t5"}
+    with pytest.raises(LensError) as refused:
+        load_model("someone/t5-small")
+    message = str(refused.value)
+    assert "\n" not in message
+    assert "T5ForConditionalGeneration" in message and "--list-architectures" in message
+
+
+def test_unknown_hub_architecture_is_refused_and_a_proven_one_goes_on_to_download(fake_hub):
+    from lens import load_model
+
+    fake_hub["someone/new-thing"] = {"architectures": ["BrandNewForCausalLM"]}
+    with pytest.raises(LensError, match="BrandNewForCausalLM is not supported"):
+        load_model("someone/new-thing")
+    fake_hub["someone/cohere"] = {"architectures": ["CohereForCausalLM"]}
+    with pytest.raises(LensError) as passed_check:
+        load_model("someone/cohere")
+    assert isinstance(passed_check.value.__cause__, WeightsDownloaded)
+
+
+def test_local_folder_of_unsupported_architecture_is_refused(tmp_path):
+    from lens import load_model
+
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["ModernBertDecoderForCausalLM"]}))
+    with pytest.raises(LensError, match="ModernBertDecoderForCausalLM is not supported: a prediction head"):
+        load_model(str(tmp_path))
+
+
+def test_cli_lists_every_architecture_with_status_and_example(capsys):
+    from lens.cli import main
+
+    assert main(["--list-architectures"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name, entry in ARCHITECTURES.items():
+        line = next(line for line in lines if line.startswith(name + " "))
+        assert entry.example in line and entry.status in line
+    assert main([]) == 2
+    assert "required: prompt" in capsys.readouterr().err
