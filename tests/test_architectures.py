@@ -156,30 +156,65 @@ def build_tiny(name: str):
     return hf_model, copy.deepcopy(hf_model)
 
 
-def embedding_rows(reference, token_ids) -> torch.Tensor:
-    """The residual stream entering block 0 (after any embedding scale), read as the model's output."""
+# The module whose input is the residual stream after attention (resid_mid): the norm in
+# front of the MLP, or the MLP itself where the block norms sub-layer outputs instead (OLMo 2).
+MLP_INPUT = {
+    **dict.fromkeys(["GPT2LMHeadModel", "GPTNeoForCausalLM", "GPTBigCodeForCausalLM"], "ln_2"),
+    **dict.fromkeys(["OPTForCausalLM", "XGLMForCausalLM"], "final_layer_norm"),
+    **dict.fromkeys(
+        ["Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma4ForCausalLM", "VaultGemmaForCausalLM"],
+        "pre_feedforward_layernorm",
+    ),
+    **dict.fromkeys(["BambaForCausalLM", "JambaForCausalLM", "FalconH1ForCausalLM"], "pre_ff_layernorm"),
+    **dict.fromkeys(["Lfm2ForCausalLM", "Lfm2MoeForCausalLM"], "ffn_norm"),
+    **dict.fromkeys(
+        ["Olmo2ForCausalLM", "Olmo3ForCausalLM", "OlmoHybridForCausalLM", "FlexOlmoForCausalLM", "Exaone4ForCausalLM"],
+        "mlp",
+    ),
+    "ApertusForCausalLM": "feedforward_layernorm",
+    "AfmoeForCausalLM": "pre_mlp_layernorm",
+    "MptForCausalLM": "norm_2",
+    "RwkvForCausalLM": "ln2",
+}
+
+
+def sublayer_rows(reference, name: str, token_ids) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The embedding row and, where the family has them, the after-attention rows, read as the model's output.
+
+    The embedding row is the input of block 0 (after any embedding scale); an
+    after-attention row is the input of the block's MLP side (see MLP_INPUT).
+    """
     blocks, _ = _blocks_and_norm(reference)
-    seen = []
+    embedding, after_attention = [], []
 
-    def grab(_module, args, kwargs):
-        seen.append(args[0] if args else kwargs["hidden_states"])
+    def grab_into(seen):
+        return lambda _module, args, kwargs: seen.append(args[0] if args else kwargs["hidden_states"])
 
-    handle = blocks[0].register_forward_pre_hook(grab, with_kwargs=True)
+    handles = [blocks[0].register_forward_pre_hook(grab_into(embedding), with_kwargs=True)]
+    if ARCHITECTURES[name].after_attention:
+        mlp_input = MLP_INPUT.get(name, "post_attention_layernorm")
+        handles += [
+            getattr(b, mlp_input).register_forward_pre_hook(grab_into(after_attention), with_kwargs=True)
+            for b in blocks
+        ]
     try:
         with torch.no_grad():
             reference(torch.tensor([token_ids]))
-            return head_logits(reference, seen[0])
+            # OPT flattens positions before its MLP norm: put the batch axis back.
+            rows = [head_logits(reference, h.reshape(1, -1, h.shape[-1])) for h in after_attention]
+            return head_logits(reference, embedding[0]), rows
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 @pytest.mark.parametrize("name", sorted(EXACT))
 def test_exact_architecture(name, tokenizer, outcomes):
     """The lens equals the independent computation, and its last row is the model's own output.
 
-    The embedding row is read too, and the after-attention rows where the family has
-    them; where it has no such point (attention and MLP in parallel, recurrent blocks),
-    asking for one is refused in one line.
+    The embedding row and the after-attention rows are checked against the same
+    independent computation; where a family has no after-attention point (attention and
+    MLP in parallel, state-space blocks), asking for one is refused in one line.
     """
     hf_model, reference = build_tiny(name)
     model = LensModel.from_hf(hf_model, tokenizer, name=name)
@@ -210,12 +245,22 @@ def test_exact_architecture(name, tokenizer, outcomes):
     errors["output_log_normalizer"] = float(np.abs(result.log_normalizer[-1] - _logsumexp(model_logits)).max())
     assert result.layers[0] == "embed" and len(result.layers) == 1 + len(points[1:]) * model.n_layers
     assert entry.after_attention == (result.layers[1] == "L0 attn")
-    embed = torch.softmax(embedding_rows(reference, result.token_ids), -1).numpy()
-    errors["embedding_top1"] = float(np.abs(result.top_probs[0, :, 0] - embed.max(-1)).max())
+    embedding, after_attention = sublayer_rows(reference, name, result.token_ids)
+    errors["embedding_top1"] = _top1_error(result.top_probs[0], embedding)
+    if entry.after_attention:
+        mid = [i for i, hook in enumerate(result.points) if hook.endswith("hook_resid_mid")]
+        assert len(mid) == len(after_attention) == model.n_layers
+        gaps = [_top1_error(result.top_probs[i], h) for i, h in zip(mid, after_attention, strict=True)]
+        errors["after_attention_top1"] = max(gaps)
     within = {metric: error < TOLERANCES.get(metric, 1e-5) for metric, error in errors.items()}
     outcomes[name] = {"errors": errors, "within_tolerance": all(within.values())}
     for metric, ok in within.items():
         assert ok, f"{name}: {metric} off by {errors[metric]:.2e}"
+
+
+def _top1_error(top_probs: np.ndarray, logits: torch.Tensor) -> float:
+    """Largest gap between the lens's top-1 probabilities [positions, k] and the reference's."""
+    return float(np.abs(top_probs[:, 0] - torch.softmax(logits, -1).numpy().max(-1)).max())
 
 
 def _logsumexp(logits: np.ndarray) -> np.ndarray:
