@@ -359,3 +359,19 @@ def test_curated_models_are_of_exact_families():
     hub_models = [m for m in CURATED_MODELS if m != "demo"]
     assert {architecture[m] for m in hub_models} <= EXACT
     assert len({architecture[m] for m in hub_models}) == len(hub_models), "one model per family"
+
+
+def test_app_refuses_an_unsupported_architecture_in_one_line(monkeypatch, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    require_shared()
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["T5ForConditionalGeneration"]}))
+    monkeypatch.setenv("LENS_DEFAULT_MODEL", str(STORIES))
+    monkeypatch.setenv("LENS_ALLOW_LOCAL", "1")
+    app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    app.query_params.update({"prompt": PROMPT, "model": "Other model id…", "model_id": str(tmp_path)})
+    app.run()
+    assert not app.exception
+    refusals = [e.value for e in app.error if "T5ForConditionalGeneration is not supported" in e.value]
+    assert len(refusals) == 1 and "\n" not in refusals[0] and "--list-architectures" in refusals[0]
+    assert len(app.sidebar.text_area) == 1  # the rest of the app is still there
