@@ -375,3 +375,18 @@ def test_app_refuses_an_unsupported_architecture_in_one_line(monkeypatch, tmp_pa
     refusals = [e.value for e in app.error if "T5ForConditionalGeneration is not supported" in e.value]
     assert len(refusals) == 1 and "\n" not in refusals[0] and "--list-architectures" in refusals[0]
     assert len(app.sidebar.text_area) == 1  # the rest of the app is still there
+
+
+def test_loaded_from_a_folder_cohere_keeps_its_logit_scale(tmp_path, tokenizer):
+    """The app's path (load_model on a saved checkpoint) reads the scale the same way as from_hf."""
+    from lens import load_model
+
+    hf_model, reference = build_tiny("CohereForCausalLM")
+    hf_model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    model = load_model(str(tmp_path))
+    assert model.logit_scale == pytest.approx(FAMILY_CONFIG["CohereForCausalLM"]["logit_scale"])
+    result = run_lens(model, PROMPT, top_k=TOP_K)
+    ref = reference_lens(reference, result.token_ids, TOP_K)
+    np.testing.assert_allclose(result.top_probs, ref["top_probs"], atol=1e-5)
+    np.testing.assert_allclose(result.entropy, ref["entropy"], atol=1e-5)
