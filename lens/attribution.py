@@ -343,6 +343,10 @@ def cell_writes(
             _, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=max(last + 1, 1))
         except (ValueError, KeyError) as exc:
             raise LensError(f"Model '{model.name}' cannot provide the points attribution needs: {exc}") from exc
+        if target_row.hook not in cache:
+            raise LensError(
+                f"Model '{model.name}' has no {target_row.label} point (its blocks run attention and MLP in parallel)."
+            )
         acts = {name: cache[name][0, position].float() for name in hooks if name in cache}
         parts = _collect_parts(model, acts, target_row, cache, position)
         notes = parts.pop_notes()
