@@ -29,6 +29,7 @@ from lens.model import LensModel
 
 # Parts that belong to no attention head (head -1); attn parts carry their head.
 COMPONENTS = ("embed", "pos_embed", "attn", "attn_bias", "mlp", "lens_bias", "norm_bias", "unembed_bias")
+PART_KINDS = {"attn": "attention", "attn_bias": "attention", "mlp": "MLP"}
 # A residual that its writes don't rebuild to this relative error is not a sum of them.
 RESIDUAL_TOLERANCE = 1e-3
 
@@ -241,6 +242,20 @@ class Attribution:
     def notes(self) -> list[str]:
         return self.writes.notes
 
+    def by_layer(self) -> pd.DataFrame:
+        """Per-layer parts (heads and output bias summed): part, kind, layer, contribution; sums to ``logit``."""
+        frame = self.to_frame()
+        labels = self.writes.part_labels()
+        frame["part"] = [
+            f"L{layer} attn" if c in ("attn", "attn_bias") else label
+            for c, layer, label in zip(frame.component, frame.layer, labels, strict=True)
+        ]
+        frame["kind"] = frame.component.map(PART_KINDS).fillna("other")
+        grouped = frame.groupby("part", sort=False).agg(
+            kind=("kind", "first"), layer=("layer", "first"), contribution=("contribution", "sum")
+        )
+        return grouped.reset_index()
+
     def retarget(self, model: LensModel, target: str | int, contrast: str | int | None = None) -> Attribution:
         """The same cell for another target or contrast, from the kept writes: no forward pass."""
         return self.writes.attribute(model, target, contrast)
@@ -272,6 +287,21 @@ class Attribution:
         if include_unembed_input:
             payload["directions"] = self.writes.directions.tolist()
         return json.dumps(payload, ensure_ascii=False)
+
+
+def token_text(model: LensModel, token_id: int) -> str:
+    """Text that tokenizes back to exactly this token, or '#id' when none does (a lone byte).
+
+    Decoded after a newline, as :func:`tokenize_target` encodes: SentencePiece drops a
+    word's leading space at the start of a text.
+    """
+    context = model.tokenizer("\n", add_special_tokens=False)["input_ids"]
+    prefix = model.tokenizer.decode(context)
+    text = model.tokenizer.decode([*context, int(token_id)])[len(prefix) :]
+    try:
+        return text if tokenize_target(model, text) == [int(token_id)] else f"#{token_id}"
+    except LensError:
+        return f"#{token_id}"
 
 
 def single_token(model: LensModel, token: str | int, what: str) -> int:
