@@ -8,6 +8,7 @@ import streamlit as st
 
 import lens
 from lens import attribution_charts as charts
+from lens import charts as lens_charts
 from lens.attribution import CellWrites, cell_writes, head_attention, token_text
 from ui import cached, page
 
@@ -70,27 +71,27 @@ with st.expander("How is this computed?"):
 
 ctx = page.context()
 result, model = ctx.result, ctx.model
-positions = list(range(result.n_positions))
+positions = lens_charts.column_labels(result)  # "13 ␣named": the URL holds this label
 keep_valid("attr_row", result.layers)
 keep_valid("attr_position", positions)
 left, middle, right, far = st.columns(4)
 row = left.selectbox(
     "Row (layer)",
     result.layers,
-    index=None if "attr_row" in st.session_state else result.n_rows - 1,  # "Why this token?" presets it
+    index=result.n_rows - 1,
     key="attr_row",
     bind="query-params",
     help="Which layer's reading to explain; the top row is the model's real output.",
 )
-position = middle.selectbox(
+position_label = middle.selectbox(
     "Position",
     positions,
-    index=None if "attr_position" in st.session_state else result.n_positions - 1,
-    format_func=lambda i: f"{i} {result.tokens[i]}",
+    index=result.n_positions - 1,
     key="attr_position",
     bind="query-params",
     help="The guess made after this input token.",
 )
+position = positions.index(position_label)
 row_index = result.layers.index(row)
 top_guess = token_text(model, int(result.top_ids[row_index, position, 0]))
 typed_target = right.text_input(
@@ -123,7 +124,7 @@ except lens.LensError as exc:
 what = f"`{attribution.target}`" + (f" − `{attribution.contrast}`" if attribution.contrast else "")
 shown = "logit difference" if attribution.contrast else "logit"
 st.markdown(
-    f"Explaining the lens's {shown} of {what} at row **{row}**, after **{position} {result.tokens[position]}**: "
+    f"Explaining the lens's {shown} of {what} at row **{row}**, after **{position_label}**: "
     f"**{attribution.logit:+.3f}**"
     + (f" (after the model's soft-cap: {attribution.softcapped_logit:+.3f})" if attribution.softcapped_logit else "")
 )

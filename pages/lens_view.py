@@ -46,9 +46,7 @@ with left:
 with right:
     st.altair_chart(charts.topk_bars(result, *page.selected_cell(result, default_cell)), width="content")
 if st.button("Why this token?", key="why", help="Which layers, heads and MLPs put the selected cell's top guess there"):
-    top_guess = token_text(ctx.model, int(result.top_ids[row, position, 0]))
-    st.session_state.update(
-        attr_row=result.layers[row], attr_position=position, attr_target=top_guess, attr_contrast=""
-    )
-    st.switch_page("pages/attribution.py", query_params={})  # None would clear the sidebar's bound settings
+    cell = {"attr_row": result.layers[row], "attr_position": charts.column_labels(result)[position]}
+    cell["attr_target"] = token_text(ctx.model, int(result.top_ids[row, position, 0]))
+    st.switch_page("pages/attribution.py", query_params=cell)  # the sidebar's own settings stay in the URL
 page.export_buttons(result, chart, "logit-lens")
