@@ -24,7 +24,7 @@ COLOURS = {
     ("other", "up"): "#009E73",
     ("other", "down"): "#CC79A7",
 }
-KIND_NAMES = {"attention": "attention", "MLP": "MLP", "other": "embedding / bias"}
+KIND_NAMES = {"attention": "attn", "MLP": "MLP", "other": "embed/bias"}
 Width = int | str
 
 
@@ -39,7 +39,7 @@ def layer_frame(attribution: Attribution) -> pd.DataFrame:
     frame = attribution.by_layer()
     frame["row"] = [f"L{layer}" if layer >= 0 else part for part, layer in zip(frame.part, frame.layer, strict=True)]
     frame["direction"] = np.where(frame.contribution >= 0, "up", "down")
-    frame["colour"] = [f"{KIND_NAMES[k]}, {d}" for k, d in zip(frame.kind, frame.direction, strict=True)]
+    frame["colour"] = [f"{KIND_NAMES[k]} {d}" for k, d in zip(frame.kind, frame.direction, strict=True)]
     return frame
 
 
@@ -51,7 +51,7 @@ def layer_bars(attribution: Attribution, width: Width = "container") -> alt.Char
     """
     frame = layer_frame(attribution)
     order = list(dict.fromkeys(frame.row))[::-1]  # output end at the top, like the lens
-    domain = [f"{KIND_NAMES[k]}, {d}" for k, d in COLOURS]
+    domain = [f"{KIND_NAMES[k]} {d}" for k, d in COLOURS]
     return (
         alt.Chart(frame)
         .mark_bar()
@@ -62,7 +62,7 @@ def layer_bars(attribution: Attribution, width: Width = "container") -> alt.Char
             color=alt.Color(
                 "colour:N",
                 scale=alt.Scale(domain=domain, range=list(COLOURS.values())),
-                legend=alt.Legend(orient="top", title=None, columns=2, labelLimit=160),
+                legend=alt.Legend(orient="top", title=None, columns=2, labelLimit=120),
             ),
             tooltip=["part:N", alt.Tooltip("contribution:Q", format="+.4f")],
         )
@@ -90,7 +90,9 @@ def head_heatmap(attribution: Attribution, selected: tuple[int, int] | None = No
     bound = max(float(frame.contribution.abs().max()), 1e-9) if len(frame) else 1.0
     layers = sorted(frame.layer.unique(), reverse=True)
     initial = {"value": [{"layer": selected[0], "head": selected[1]}]} if selected else {}
-    pick = alt.selection_point(name=HEAD_SELECTION, fields=["layer", "head"], on="click", toggle=False, **initial)
+    pick = alt.selection_point(
+        name=HEAD_SELECTION, fields=["layer", "head"], on="click", toggle=False, empty=False, **initial
+    )
     return (
         alt.Chart(frame)
         .mark_rect()
@@ -100,7 +102,7 @@ def head_heatmap(attribution: Attribution, selected: tuple[int, int] | None = No
             color=alt.Color(
                 "contribution:Q",
                 scale=alt.Scale(scheme="blueorange", domain=[-bound, bound], reverse=True),
-                legend=alt.Legend(orient="top", title="pushes up (blue) / down (orange)", gradientLength=160),
+                legend=alt.Legend(orient="top", title="contribution", gradientLength=160),
             ),
             stroke=alt.condition(pick, alt.value("black"), alt.value("white")),
             strokeWidth=alt.condition(pick, alt.value(2.5), alt.value(0.5)),

@@ -41,6 +41,12 @@ def attention_from(query: cached.LensQuery, layer: int, head: int, position: int
     )
 
 
+def draw(chart, extra: int, **kwargs):
+    """A column-wide chart. Streamlit squeezes stretched charts to a default height, so the
+    plot's own height plus ``extra`` pixels for its title, legend and axes is passed on."""
+    return st.altair_chart(chart, width="stretch", height=int(chart.height) + extra, **kwargs)
+
+
 def parse_token(text: str) -> str | int:
     """A typed token: its text, or '#123' for token id 123 (tokens no text spells alone)."""
     match = re.fullmatch(r"#(\d+)", text.strip())
@@ -133,39 +139,40 @@ for note in attribution.notes:
 
 bars_column, heads_column = st.columns(2)
 with bars_column:
-    st.altair_chart(charts.layer_bars(attribution), width="stretch")
-head_labels = list(charts.head_frame(attribution).label)
+    draw(charts.layer_bars(attribution), 240)
+heads = charts.head_frame(attribution)
+head_labels = list(heads.label)
+keep_valid("attr_head", head_labels)
+head = st.session_state.get("attr_head") or (
+    heads.loc[heads.contribution.abs().idxmax(), "label"] if len(heads) else None
+)
 with heads_column:
     if head_labels:
-        picked_head = st.session_state.get("attr_head")
-        selected = tuple(int(n) for n in re.findall(r"\d+", picked_head)) if picked_head in head_labels else None
-        event = st.altair_chart(
+        selected = tuple(int(n) for n in re.findall(r"\d+", head))
+        event = draw(
             charts.head_heatmap(attribution, selected),
+            200,
             on_select="rerun",
             selection_mode=charts.HEAD_SELECTION,
             key="head_map",
-            width="stretch",
         )
         clicked = (event or {}).get("selection", {}).get(charts.HEAD_SELECTION) or []
         if clicked:
             label = f"L{int(clicked[0]['layer'])} H{int(clicked[0]['head'])}"
-            if st.session_state.get("attr_head") != label:
+            if label != head:
                 st.session_state["attr_head"] = label
                 st.rerun()
     else:
         st.info("This model's attention is split by layer only (see the note above), so there is no head map.")
 
 if head_labels:
-    heads = charts.head_frame(attribution)
-    strongest = heads.loc[heads.contribution.abs().idxmax(), "label"]
-    keep_valid("attr_head", head_labels)
     head = st.selectbox(
         "Head",
         head_labels,
-        index=None if "attr_head" in st.session_state else head_labels.index(strongest),
+        index=None if "attr_head" in st.session_state else head_labels.index(head),
         key="attr_head",
         bind="query-params",
-        help="Click a cell of the head map, or pick here. The strongest head is picked first.",
+        help="Click a cell of the head map, or pick here. The head with the largest part is picked first.",
     )
     layer_number, head_number = (int(n) for n in re.findall(r"\d+", head))
     try:
@@ -173,18 +180,16 @@ if head_labels:
     except lens.LensError as exc:
         page.show_error(str(exc))
     else:
-        st.altair_chart(charts.source_bars(pattern, head), width="stretch")
+        draw(charts.source_bars(pattern, head), 90)
 
 st.subheader("What each part promotes and suppresses")
 st.caption("Each part's write read through the unembedding on its own: the tokens it pushes most up and down.")
-parts = list(attribution.by_layer().part)
-promoted_parts = [p for p in parts if not p.endswith("bias")] + ([head] if head_labels else [])
+by_layer = attribution.by_layer()
+contributions = dict(zip(by_layer.part, by_layer.contribution, strict=True))
+contributions |= dict(zip(heads.label, heads.contribution, strict=True))
+promoted_parts = [p for p in by_layer.part if not p.endswith("bias")] + ([head] if head_labels else [])
 table = writes.promoted(model, k=5, parts=promoted_parts)
-contributions = dict(zip(*charts.layer_frame(attribution)[["part", "contribution"]].T.values, strict=True))
-contributions |= dict(
-    zip(charts.head_frame(attribution).label, charts.head_frame(attribution).contribution, strict=True)
-)
-table.insert(1, "contribution", [contributions.get(p) for p in table.part])
+table.insert(1, "contribution", [contributions[p] for p in table.part])
 st.dataframe(table, hide_index=True, width="stretch")
 
 page.export_buttons(attribution, charts.layer_bars(attribution, width=560), "attribution")

@@ -64,19 +64,19 @@ def test_why_this_token_heads_and_download(browser, server, stories, tmp_path): 
     charts = tab.locator("[data-testid=stVegaLiteChart]")
     assert charts.count() == 3  # layers, heads, the strongest head's sources
     sources = charts.nth(2)
-    first_title = sources.locator("text").first.inner_text()
-    cells = charts.nth(1).locator("g.mark-rect path")
+    first_head = re.search(r"(L\d H\d): where it looked", sources.text_content()).group(1)
+    cells = charts.nth(1).locator("g.mark-rect.role-mark path")
     assert cells.count() == stories.n_layers * stories.cfg.n_heads
     cells.nth(3).click()
     tab.wait_for_function(
         "t => { const c = document.querySelectorAll('[data-testid=stVegaLiteChart]')[2];"
         " return c && c.textContent.includes(': where it looked') && !c.textContent.includes(t); }",
-        arg=first_title,
+        arg=first_head,
         timeout=30_000,
     )
     settle(tab)
     picked = parse_qs(urlparse(tab.url).query)["attr_head"][0]
-    assert re.fullmatch(r"L\d H\d", picked) and picked in charts.nth(2).inner_text()
+    assert re.fullmatch(r"L\d H\d", picked) and f"{picked}: where it looked" in charts.nth(2).text_content()
     full_shot(tab, "5-attribution")
 
     with tab.expect_download(timeout=30_000) as info:
