@@ -13,6 +13,8 @@ from lens.attribution import cell_writes, freeze_norm, head_attention
 from lens.engine import lens_rows
 from lens.tuned import TunedLens
 from tests.conftest import STORIES
+from tests.test_app import app, assert_no_failure, chart_data, charts  # noqa: F401 - app is a fixture
+from ui import cached
 
 STORY = "Once upon a time, there was a little girl named"
 PROMPT = "The quick brown fox jumps over the lazy dog because"
@@ -341,3 +343,60 @@ def test_rows_named_as_the_lens_shows_them(stories):
     assert by_index.row == "L1" and set(by_index.layers) == {-1, 0, 1}
     mid = cell_writes(stories, STORY, position=3, row="L2 attn")
     assert "mlp" not in [c for c, layer in zip(mid.components, mid.layers, strict=True) if layer == 2]
+
+
+# --- the page, under Streamlit's AppTest ---------------------------------------------------------
+
+
+def _summary(at) -> str:
+    return next(m.value for m in at.markdown if m.value.startswith("Explaining"))
+
+
+def test_page_reached_by_why_this_token(app, stories):  # noqa: F811
+    app.run()
+    app.button(key="why").click().run()
+    assert_no_failure(app)
+    assert app.title[0].value == "Attribution: why this token?"
+    assert "pushed this word up or down at this point" in app.markdown[0].value
+    assert app.query_params["attr_target"] == " Lily"
+    expected = attribute(stories, STORY, position=-1, target=" Lily")
+    assert f"{expected.logit:+.3f}" in _summary(app)
+    layer_bars, head_map, sources = (chart_data(c) for c in charts(app))
+    assert layer_bars.contribution.sum() == pytest.approx(expected.logit, rel=1e-5)
+    frame = expected.to_frame()
+    heads = frame[frame.component == "attn"].sort_values(["layer", "head"])
+    np.testing.assert_allclose(
+        head_map.sort_values(["layer", "head"]).contribution.to_numpy(), heads.contribution.to_numpy(), rtol=1e-6
+    )
+    strongest = heads.loc[heads.contribution.abs().idxmax()]
+    assert app.selectbox(key="attr_head").value == f"L{strongest.layer} H{strongest['head']}"
+    reference = head_attention(stories, STORY, layer=int(strongest.layer), head=int(strongest["head"]), position=-1)
+    np.testing.assert_allclose(sources.sort_values("position").weight.to_numpy(), reference.weight.to_numpy())
+    table = app.dataframe[0].value
+    assert table.part.iloc[0] == "embed" and table.promoted.str.contains("␣Lily").any()
+
+
+def test_page_target_and_contrast_never_rerun_the_model(app, stories):  # noqa: F811
+    app.switch_page("pages/attribution.py").run()
+    assert_no_failure(app)
+    runs = dict(cached.runs)
+    app.text_input(key="attr_contrast").set_value(" the").run()
+    assert_no_failure(app)
+    difference = attribute(stories, STORY, position=-1, target=" Lily", contrast=" the")
+    assert f"{difference.logit:+.3f}" in _summary(app) and "␣the" in _summary(app)
+    app.text_input(key="attr_target").set_value(" a").run()
+    app.selectbox(key="attr_head").set_value("L0 H0").run()
+    assert_no_failure(app)
+    assert cached.runs["attribution"] == runs["attribution"] and cached.runs["lens"] == runs["lens"]
+    app.selectbox(key="attr_position").set_value("3 ␣a").run()
+    assert cached.runs["attribution"] == runs["attribution"] + 1  # another cell is another forward pass
+
+
+def test_page_bad_target_is_one_line_and_the_app_keeps_working(app):  # noqa: F811
+    app.query_params.update({"attr_target": " Lilyanna"})
+    app.switch_page("pages/attribution.py").run()
+    assert not app.exception
+    assert len(app.error) == 1 and "needs a single token" in app.error[0].value and "\n" not in app.error[0].value
+    app.text_input(key="attr_target").set_value(" Lily").run()
+    assert_no_failure(app)
+    assert len(charts(app)) == 3
