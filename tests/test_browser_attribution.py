@@ -53,6 +53,7 @@ def test_why_this_token_heads_and_download(browser, server, stories, tmp_path): 
     settle(tab)
     tab.get_by_role("button", name="Why this token?").click()
     tab.get_by_text("Attribution: why this token?").wait_for(timeout=60_000)
+    tab.locator("[data-testid=stVegaLiteChart]").nth(2).wait_for(timeout=90_000)
     settle(tab)
     expected = attribute(stories, STORY, position=-1, target=" Lily")
     summary = tab.get_by_text("Explaining the lens's logit of").inner_text()
@@ -80,7 +81,7 @@ def test_why_this_token_heads_and_download(browser, server, stories, tmp_path): 
     full_shot(tab, "5-attribution")
 
     with tab.expect_download(timeout=30_000) as info:
-        tab.get_by_role("button", name="CSV").click()
+        tab.get_by_role("button", name="CSV", exact=True).click()
     path = tmp_path / "attribution.csv"
     info.value.save_as(path)
     frame = pd.read_csv(path)
@@ -94,6 +95,7 @@ def test_attribution_page_fits_the_screen(browser, server, width):  # noqa: F811
     tab = browser.new_page(viewport={"width": width, "height": 900})
     tab.goto(f"{server}/attribution?prompt={quote(STORY)}&attr_target={quote(' Lily')}")
     tab.get_by_text("Explaining the lens's logit of").wait_for(timeout=90_000)
+    tab.locator("[data-testid=stVegaLiteChart]").nth(2).wait_for(timeout=90_000)
     settle(tab)
     assert tab.locator("[data-testid=stVegaLiteChart]").count() == 3
     assert no_sideways_scroll(tab)
