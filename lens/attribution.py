@@ -381,29 +381,29 @@ def cell_writes(
             )
         acts = {name: cache[name][0, position].float() for name in hooks if name in cache}
         parts = _collect_parts(model, acts, target_row, cache, position)
-        notes = parts.pop_notes()
+        notes = list(parts.notes)
         writes = torch.stack(parts.writes)
         residual = acts[target_row.hook]
         _check_sum(model, writes.sum(0), residual, target_row)
         translate = _lens_map(model, lens, target_row, is_output)
         if translate is not None:
             lens_bias = translate(torch.zeros_like(residual))
-            writes = translate(writes) - lens_bias
-            residual = writes.sum(0) + lens_bias
-            parts.add("lens_bias", -1, -1, lens_bias)
-            writes = torch.cat([writes, lens_bias[None]])
+            writes = torch.cat([translate(writes) - lens_bias, lens_bias[None]])
+            residual = translate(residual)
+            parts.name_extra("lens_bias")
             notes.append(
                 "Tuned lens: its translator is affine, so each write goes through the translator's linear map and "
                 "its bias is a part of its own (lens_bias)."
             )
         final = freeze_norm(model.bridge.ln_final, residual, "final norm")
-        directions = final(writes)
+        directions = [final(writes)]
         if final.bias is not None and torch.any(final.bias):
-            parts.add("norm_bias", -1, -1, final.bias)
-            directions = torch.cat([directions, final.bias[None]])
+            parts.name_extra("norm_bias")
+            directions.append(final.bias[None])
         if model.unembed_bias is not None:
-            parts.add("unembed_bias", -1, -1, torch.zeros_like(residual))
-            directions = torch.cat([directions, torch.zeros_like(residual)[None]])
+            parts.name_extra("unembed_bias")  # its share is the bias itself, see CellWrites.shares
+            directions.append(torch.zeros_like(residual)[None])
+        directions = torch.cat(directions)
         del cache
     if model.softcap is not None:
         notes.append(
@@ -438,14 +438,15 @@ class _Parts:
     notes: list[str] = field(default_factory=list)
 
     def add(self, component: str, layer: int, head: int, write: torch.Tensor) -> None:
+        """A write into the residual stream."""
+        self.name_extra(component, layer, head)
+        self.writes.append(write)
+
+    def name_extra(self, component: str, layer: int = -1, head: int = -1) -> None:
+        """A part that is not a write into the residual stream (a bias after it)."""
         self.components.append(component)
         self.layers.append(layer)
         self.heads.append(head)
-        self.writes.append(write)
-
-    def pop_notes(self) -> list[str]:
-        notes, self.notes = self.notes, []
-        return notes
 
 
 def _collect_parts(model: LensModel, acts: dict[str, torch.Tensor], row: Row, cache, position: int) -> _Parts:
