@@ -159,24 +159,24 @@ class CellWrites:
                 labels.append(f"L{layer} {names.get(component, component)}")
         return labels
 
-    def grouped(self) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """Per-layer parts (a layer's heads and output bias summed as 'attn'): labels, layers, directions."""
-        labels, layers, directions = [], [], []
-        own = self.part_labels()
-        for index, (component, layer) in enumerate(zip(self.components, self.layers, strict=True)):
-            if component == "unembed_bias":
-                continue
-            if component in ("attn", "attn_bias"):
-                label = f"L{layer} attn"
-                if labels and labels[-1] == label:
-                    directions[-1] = directions[-1] + self.directions[index]
-                    continue
-            else:
-                label = own[index]
-            labels.append(label)
-            layers.append(int(layer))
-            directions.append(self.directions[index].astype(np.float64))
-        return labels, np.asarray(layers), np.stack(directions)
+    def layer_labels(self) -> list[str]:
+        """Each part's per-layer name: a layer's heads and its output bias all read 'L3 attn'."""
+        return [
+            f"L{layer} attn" if component in ("attn", "attn_bias") else label
+            for component, layer, label in zip(self.components, self.layers, self.part_labels(), strict=True)
+        ]
+
+    def grouped(self) -> tuple[list[str], np.ndarray]:
+        """Per-layer parts and their summed directions (the unembedding bias, which has none, left out)."""
+        labels = self.layer_labels()
+        names = list(
+            dict.fromkeys(label for label, c in zip(labels, self.components, strict=True) if c != "unembed_bias")
+        )
+        directions = np.zeros((len(names), self.directions.shape[1]))
+        for label, direction in zip(labels, self.directions, strict=True):
+            if label in names:
+                directions[names.index(label)] += direction
+        return names, directions
 
     def promoted(self, model: LensModel, k: int = 5, parts: Sequence[str] | None = None) -> pd.DataFrame:
         """Top and bottom ``k`` tokens of each per-layer part's write, through the unembedding.
@@ -184,7 +184,7 @@ class CellWrites:
         The unembedding bias is left out: it is the same for every part. ``parts`` picks
         labels from :meth:`grouped` or :meth:`part_labels` (a single head); all per-layer parts by default.
         """
-        labels, _, directions = self.grouped()
+        labels, directions = self.grouped()
         wanted = list(parts) if parts is not None else labels
         own = self.part_labels()
         rows = []
@@ -247,11 +247,7 @@ class Attribution:
     def by_layer(self) -> pd.DataFrame:
         """Per-layer parts (heads and output bias summed): part, kind, layer, contribution; sums to ``logit``."""
         frame = self.to_frame()
-        labels = self.writes.part_labels()
-        frame["part"] = [
-            f"L{layer} attn" if c in ("attn", "attn_bias") else label
-            for c, layer, label in zip(frame.component, frame.layer, labels, strict=True)
-        ]
+        frame["part"] = self.writes.layer_labels()
         frame["kind"] = frame.component.map(PART_KINDS).fillna("other")
         grouped = frame.groupby("part", sort=False).agg(
             kind=("kind", "first"), layer=("layer", "first"), contribution=("contribution", "sum")

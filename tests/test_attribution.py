@@ -235,7 +235,7 @@ def test_layer_and_head_writes_match_hugging_face_hooks(family, request):
     assert writes.per_head
     seen = _hf_writes(hf, family, writes.token_ids)
     final = _reference_norm(hf, family, FAMILY_MODULES[family][0], seen["resid"][position])
-    labels, _, grouped = writes.grouped()
+    labels, grouped = writes.grouped()
     for i in range(model.n_layers):
         for kind, label in (("attn", f"L{i} attn"), ("mlp", f"L{i} MLP")):
             expected = final(seen[f"{kind}{i}"][position]).numpy()
