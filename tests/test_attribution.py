@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -274,6 +276,9 @@ def test_real_model_stories260k_lily(stories, capsys):
         print(
             "  most negative:", ", ".join(f"{p} {v:+.3f}" for p, v in ranked[["part", "contribution"]].tail(3).values)
         )
+    exported = json.loads(attribution.to_json())
+    assert sum(part["contribution"] for part in exported["parts"]) == pytest.approx(exported["logit"], rel=1e-12)
+    assert exported["target"] == "␣Lily" and exported["row"] == "L4 (output)" and exported["position"] == 13
     # The final MLP writes most of ' Lily' (the top part), and it also promotes ' Lily' by itself.
     assert ranked.part.iloc[0] == "L4 MLP"
     promoted = attribution.writes.promoted(stories, k=5, parts=["L4 MLP"])
