@@ -10,6 +10,7 @@ pages = st.navigation(
     [
         st.Page("pages/lens_view.py", title="Lens", icon=":material/grid_on:", default=True),
         st.Page("pages/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
+        st.Page("pages/attribution.py", title="Attribution", icon=":material/account_tree:", url_path="attribution"),
         st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
         st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
         st.Page("pages/tuned_lens.py", title="Tuned lens", icon=":material/tune:", url_path="tuned_lens"),

@@ -3,6 +3,7 @@
 Importable without Streamlit; the dashboard and the CLI are thin layers over this.
 """
 
+from lens.attribution import Attribution, attribute
 from lens.corpus import corpus_stats
 from lens.engine import lens_rows, resolve_targets, retarget, run_lens, tokenize_prompt, tokenize_target
 from lens.errors import LensError
@@ -10,6 +11,8 @@ from lens.model import DEFAULT_MODEL, LensModel, load_model
 from lens.result import LensResult
 
 __all__ = [
+    "Attribution",
+    "attribute",
     "DEFAULT_MODEL",
     "LensError",
     "LensModel",

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from lens import charts
+from lens.attribution import token_text
 from ui import page
 
 WINDOW = 12
@@ -44,4 +45,8 @@ with left:
     page.remember_cell(event)
 with right:
     st.altair_chart(charts.topk_bars(result, *page.selected_cell(result, default_cell)), width="content")
+if st.button("Why this token?", key="why", help="Which layers, heads and MLPs put the selected cell's top guess there"):
+    cell = {"attr_row": result.layers[row], "attr_position": charts.column_labels(result)[position]}
+    cell["attr_target"] = token_text(ctx.model, int(result.top_ids[row, position, 0]))
+    st.switch_page("pages/attribution.py", query_params=cell)  # the sidebar's own settings stay in the URL
 page.export_buttons(result, chart, "logit-lens")
