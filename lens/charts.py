@@ -461,7 +461,8 @@ def corpus_chart(frame: pd.DataFrame, metric: str) -> alt.Chart:
         .mark_line(point=True)
         .encode(
             x=alt.X("depth:O", title="layer (0 = first block; last = output)"),
-            y=alt.Y(f"{metric}:Q", title=CORPUS_METRICS[metric], axis=alt.Axis(format="%" if percent else "~g")),
+            # d3's bare "%" prints six decimals ("0.000000%") and "~g" writes 10 as "1e+1".
+            y=alt.Y(f"{metric}:Q", title=CORPUS_METRICS[metric], axis=alt.Axis(format=".0%" if percent else ",~r")),
             color=alt.Color("source:N", title=None, legend=alt.Legend(orient="top", labelLimit=300)),
             tooltip=[
                 "source:N",

@@ -151,15 +151,30 @@ def with_progress(work: Callable[[Report], T], label: str, curve: str | None = N
 
 
 def corpus_with_progress(
-    model_name: str, texts: Sequence[str], points: tuple[str, ...], max_tokens: int, lens_source: str | None = None
+    model_name: str,
+    texts: Sequence[str],
+    points: tuple[str, ...],
+    max_tokens: int,
+    lens_source: str | None = None,
+    readings_after: int = 0,
 ):
-    """Cached corpus statistics, with a progress bar and an estimate of the time left."""
+    """Cached corpus statistics, with a progress bar and an estimate of the time left.
+
+    The estimate covers the readings still to come after this one (another model or lens
+    over the same texts takes about as long), not only this one's.
+    """
     label = config.model_label(model_name)
 
     def work(report: Report):
+        started = time.monotonic()
+
         def tell(done: int, expected: int | None, left: float | None) -> None:
             if expected:
-                eta = f", about {left:.0f} s left" if left is not None else ""
+                if left is not None:
+                    this_reading = time.monotonic() - started + left
+                    eta = f", about {left + this_reading * readings_after:.0f} s left"
+                else:
+                    eta = ""
                 report(f"{label}: {done:,} of about {expected:,} tokens{eta}", done / expected)
 
         return cached.corpus(model_name, tuple(texts), points, max_tokens, lens_source, _progress=tell)
