@@ -111,5 +111,10 @@ with st.container(key="corpus_charts"):
         b.altair_chart(charts.stretched(charts.corpus_chart(table, right)), width="stretch")
 st.dataframe(table.set_index(["source", "layer"]), width="stretch")
 st.download_button(
-    "Download the table (CSV)", table.to_csv(index=False), "lens-dataset.csv", "text/csv", key="corpus_csv"
+    "Download the table (CSV)",
+    table.to_csv(index=False),
+    "lens-dataset.csv",
+    "text/csv",
+    key="corpus_csv",
+    on_click="ignore",
 )
