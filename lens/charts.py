@@ -228,7 +228,7 @@ def difference_heatmap(
     x = alt.X(
         "column:O",
         sort=columns,
-        title="position from the end: token (A|B when they differ)",
+        title="position from the end (A|B tokens)",
         axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
     )
     y = alt.Y("layer:O", sort=list(reversed(a.layers)), title="layer")

@@ -13,7 +13,8 @@ from tests import test_app as base
 from tests.test_app import STORY, assert_no_failure, chart_data, charts
 from ui import exports
 
-app = base.app  # the same fixture: the real app.py on stories260K
+app = base.app  # the same fixtures: the real app.py on stories260K, lenses kept in a temporary folder
+lens_cache = base.lens_cache
 
 STORIES_LABEL = "stories260K (local folder)"
 DEMO_LABEL = "Demo (offline)"
@@ -154,3 +155,29 @@ def test_dataset_pasted_text_round_trips_through_the_link(app, monkeypatch):
     app.text_area(key="corpus_text").set_value(long).run()
     assert app.query_params["corpus_text"] == long[:2000]
     assert any("first 2,000 characters" in c.value for c in app.caption)
+
+
+def test_logit_against_tuned_lens_with_a_target(app, stories, lens_cache):
+    from lens.tuned import train_tuned_lens
+    from ui import lenses
+
+    trained = train_tuned_lens(stories, [STORY + " She had a red ball."] * 5, steps=20, window=16, seed=0)
+    trained.save(lenses.trained_folder(stories.name, "test-lens"))
+    app.switch_page("pages/compare.py")
+    app.query_params.update({"compare_mode": "Logit lens vs tuned lens", "target": " Lily"})
+    app.run()
+    assert_no_failure(app)
+    lines = chart_data(charts(app)[3])
+    tuned = run_lens(stories, STORY, top_k=1, targets=[" Lily"], lens=trained).target_probs[0, :, -1]
+    assert np.allclose(lines[lines.source == "Tuned lens"].sort_values("row").value.to_numpy(), tuned, atol=1e-6)
+
+
+def test_tuned_lens_page_lists_the_lens_it_just_trained(app, lens_cache):
+    app.switch_page("pages/tuned_lens.py").run()
+    app.slider(key="train_steps").set_value(10)
+    app.select_slider(key="train_window").set_value(32).run()
+    app.button(key="train").click().run()
+    assert_no_failure(app)
+    assert any("Trained and saved" in m.value for m in app.success)
+    assert not any("No tuned lens for this model yet" in m.value for m in app.info)
+    assert any("Tuned lenses for this model" in m.value for m in app.markdown)

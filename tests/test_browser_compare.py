@@ -36,8 +36,8 @@ def _open(browser, url: str):
     return tab
 
 
-def test_rapid_downloads_all_arrive_and_hold_every_run(browser, server):  # noqa: F811
-    tab = _open(browser, f"{server}/compare?prompt={STORY}&target=+Lily")
+def _download_all(tab) -> dict[str, bytes]:
+    """Prepare the images, then click CSV, JSON, PNG and SVG 0.3 s apart; the files by extension."""
     tab.get_by_role("button", name="Prepare PNG and SVG").click()
     tab.get_by_role("button", name="SVG").wait_for(timeout=60_000)
     tab.wait_for_selector(READY, timeout=60_000)
@@ -51,6 +51,22 @@ def test_rapid_downloads_all_arrive_and_hold_every_run(browser, server):  # noqa
         tab.wait_for_timeout(200)
     files = {d.suggested_filename.rsplit(".", 1)[1]: Path(d.path()).read_bytes() for d in downloads}
     assert set(files) == {"csv", "json", "png", "svg"}, [d.suggested_filename for d in downloads]
+    return files
+
+
+def test_lens_downloads_hold_the_typed_target_and_a_title(browser, server):  # noqa: F811
+    tab = _open(browser, f"{server}/?prompt={STORY}&target=+Lily")  # coloured by top-1 probability
+    files = _download_all(tab)
+    assert "prob[␣Lily]" in pd.read_csv(io.BytesIO(files["csv"])).columns
+    assert json.loads(files["json"])["targets"] == ["␣Lily"]
+    svg = files["svg"].decode()
+    assert "stories260K" in svg and "Once upon a time" in svg and "logit lens" in svg
+    tab.close()
+
+
+def test_rapid_downloads_all_arrive_and_hold_every_run(browser, server):  # noqa: F811
+    tab = _open(browser, f"{server}/compare?prompt={STORY}&target=+Lily")
+    files = _download_all(tab)
     table = pd.read_csv(io.BytesIO(files["csv"]))
     assert table.run.nunique() == 2 and set(table.target) == {"␣Lily"}
     assert len(json.loads(files["json"])["runs"]) == 2
