@@ -332,7 +332,8 @@ def trajectory_chart(result: LensResult, position: int, measure: str = "probabil
 
 # Okabe & Ito's palette: told apart in the common colour-vision deficiencies. Lines also
 # differ by point shape and dash, so no two are distinguished by colour alone.
-LINE_COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7"]
+# Yellow, faint on white, comes last: only an eighth line uses it (with its own marker and dash).
+LINE_COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
 LINE_SHAPES = [
     "circle",
     "square",

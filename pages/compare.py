@@ -210,6 +210,11 @@ with right:
         lines.append(divergence_chart)
 
 csv, json_text = exports.comparison_files(results)
-subtitle = [f"{label}: " + " · ".join(exports.describe(r)) for label, r in results.items()]
+subtitle = [
+    " · ".join(exports.describe(r))
+    if label in exports.describe(r)[0]
+    else f"{label}: " + " · ".join(exports.describe(r))
+    for label, r in results.items()
+]
 figure = charts.comparison_figure(figures, lines, charts.export_title(f"Compare: {info.title}", subtitle))
 exports.buttons("compare", csv, json_text, figure)

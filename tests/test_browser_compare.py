@@ -39,7 +39,7 @@ def _open(browser, url: str):
 def _download_all(tab) -> dict[str, bytes]:
     """Prepare the images, then click CSV, JSON, PNG and SVG 0.3 s apart; the files by extension."""
     tab.get_by_role("button", name="Prepare PNG and SVG").click()
-    tab.get_by_role("button", name="SVG").wait_for(timeout=60_000)
+    tab.get_by_role("button", name="SVG", exact=True).wait_for(timeout=60_000)
     tab.wait_for_selector(READY, timeout=60_000)
     downloads = []
     tab.on("download", lambda download: downloads.append(download))

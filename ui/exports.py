@@ -28,7 +28,7 @@ def describe(result: lens.LensResult) -> list[str]:
     prompt = result.prompt if len(result.prompt) <= 90 else result.prompt[:89] + "…"
     lines = [f"{config.model_label(result.model_name)} · {result.lens_kind} lens", f"Prompt: {prompt!r}"]
     if result.targets:
-        lines.append("Target: " + ", ".join(result.targets))
+        lines.append(("Target: " if len(result.targets) == 1 else "Tokens: ") + ", ".join(result.targets))
     return lines
 
 
