@@ -253,7 +253,7 @@ def difference_heatmap(
 
 def export_title(heading: str, lines: Sequence[str]) -> alt.TitleParams:
     """The title an exported image carries: what it is, then model, prompt, lens and target."""
-    return alt.TitleParams(heading, subtitle=list(lines), anchor="start", fontSize=15, subtitleFontSize=12)
+    return alt.TitleParams(heading, subtitle=list(lines), anchor="start", fontSize=15, subtitleFontSize=12, offset=14)
 
 
 def comparison_figure(

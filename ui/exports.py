@@ -78,6 +78,9 @@ def _render(spec: str, digest: str, key: str) -> None:
 
 def buttons(stem: str, csv: bytes, json_text: str, chart: alt.TopLevelMixin) -> None:
     """CSV, JSON, and the chart as PNG and SVG once prepared; none of them reruns the page."""
+    if chart.config is alt.Undefined:
+        # vl_convert's default font lacks "␣" and switches whole labels to a serif fallback.
+        chart = chart.configure(font="DejaVu Sans, Liberation Sans, sans-serif")
     spec = chart.to_json()
     digest = hashlib.sha256(spec.encode()).hexdigest()
     key = f"_images_{stem}"
