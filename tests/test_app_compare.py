@@ -10,6 +10,7 @@ import pytest
 from lens import run_lens
 from lens.compare import token_text
 from tests import test_app as base
+from tests.conftest import STORIES
 from tests.test_app import STORY, assert_no_failure, chart_data, charts
 from ui import exports
 
@@ -181,3 +182,17 @@ def test_tuned_lens_page_lists_the_lens_it_just_trained(app, lens_cache):
     assert any("Trained and saved" in m.value for m in app.success)
     assert not any("No tuned lens for this model yet" in m.value for m in app.info)
     assert any("Tuned lenses for this model" in m.value for m in app.markdown)
+
+
+def test_compare_demo_button_sets_the_second_model_or_is_not_offered(app):
+    app.switch_page("pages/compare.py")
+    app.query_params.update({"compare_mode": "One prompt, two models", "model_b": "GPT-2 small (124M)"})
+    app.run()  # offline: GPT-2 can't be fetched
+    assert any("Could not" in e.value for e in app.error)
+    app.button(key="use_demo").click().run()
+    assert_no_failure(app)
+    assert app.selectbox(key="model_b").value == "demo" and app.selectbox(key="model").value == str(STORIES)
+    app.selectbox(key="model").set_value("demo").run()
+    app.selectbox(key="model_b").set_value("openai-community/gpt2").run()
+    assert any("Could not" in e.value for e in app.error)
+    assert not [b for b in app.button if b.key == "use_demo"]  # the demo is already the first model
