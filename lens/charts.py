@@ -9,6 +9,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
+from lens.compare import aligned_difference, relative_depths
 from lens.result import LensResult
 
 SELECTION = "cell"
@@ -152,6 +153,128 @@ def heatmap(
     return chart.properties(width=width, height=height, title=title or "", autosize=PAD)
 
 
+def _with_label_limit(chart: alt.LayerChart, limit: float | alt.ExprRef) -> alt.LayerChart:
+    """The chart with its text layers' labels cut (with an ellipsis) at ``limit`` pixels."""
+    layers = []
+    for layer in chart.layer:
+        mark = layer.mark
+        if (mark if isinstance(mark, str) else mark.type) == "text":
+            options = {} if isinstance(mark, str) else mark.to_dict()
+            layer = layer.copy(deep=False)
+            layer.mark = alt.MarkDef(**{**options, "type": "text", "limit": limit})
+        layers.append(layer)
+    limited = chart.copy(deep=False)
+    limited.layer = layers
+    return limited
+
+
+def fit_to_container(chart: alt.LayerChart, n_columns: int) -> alt.LayerChart:
+    """A heatmap as wide as its page column: cells share the width, labels are cut to a cell.
+
+    Draw with ``st.altair_chart(width="stretch")``; side-by-side runs then fit their columns
+    at any screen width instead of overflowing them.
+    """
+    return stretched(_with_label_limit(chart, alt.ExprRef(f"max(0, width / {max(n_columns, 1)} - 6)")))
+
+
+def stretched(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
+    """The chart as wide as its page column (axes and legend included), for ``width="stretch"``."""
+    return chart.properties(width="container", autosize=alt.AutoSizeParams(type="fit-x", contains="padding"))
+
+
+def labels_within_cells(chart: alt.LayerChart) -> alt.LayerChart:
+    """A fixed-width heatmap whose cell labels end inside their cell (for image exports)."""
+    n_columns = max(1, len(pd.unique(chart.data["column"]))) if isinstance(chart.data, pd.DataFrame) else 1
+    width = chart.width if isinstance(chart.width, (int, float)) else 52 * n_columns
+    return _with_label_limit(chart, max(0, width / n_columns - 6))
+
+
+def difference_heatmap(
+    a: LensResult,
+    b: LensResult,
+    metric: str,
+    width: int,
+    labels: tuple[str, str],
+    targets: tuple[int | None, int | None] = (None, None),
+) -> alt.LayerChart:
+    """B − A of a metric over the last ``width`` positions of two runs of equal depth.
+
+    Diverging blue–orange (colour-blind safe), centred on 0 with a symmetric domain, so
+    white means no difference. Ranks are compared as log10(rank).
+    """
+    info = METRICS[metric]
+    values_a, values_b = metric_values(a, metric, targets[0]), metric_values(b, metric, targets[1])
+    if info.log:
+        values_a, values_b = np.log10(np.maximum(values_a, 1)), np.log10(np.maximum(values_b, 1))
+    diff = aligned_difference(values_a, values_b, width)
+    tokens_a, tokens_b = a.tokens[-width:], b.tokens[-width:]
+    columns = [
+        f"{i - width} {ta}" if ta == tb else f"{i - width} {ta}|{tb}"
+        for i, (ta, tb) in enumerate(zip(tokens_a, tokens_b, strict=True))
+    ]
+    rows, cols = np.meshgrid(np.arange(a.n_rows), np.arange(width), indexing="ij")
+    frame = pd.DataFrame(
+        {
+            "row": rows.ravel(),
+            "layer": np.asarray(a.layers, dtype=object)[rows.ravel()],
+            "column": np.asarray(columns, dtype=object)[cols.ravel()],
+            "value": diff.ravel(),
+        }
+    )
+    frame["label"] = [f"{v:+.2f}" for v in frame.value]
+    bound = max(float(np.abs(diff).max()), 1e-6)
+    quantity = f"log10 {info.title.split(' (')[0].lower()}" if info.log else info.title
+    title = f"Difference: {labels[1]} − {labels[0]}"
+    x = alt.X(
+        "column:O",
+        sort=columns,
+        title="position from the end (A|B tokens)",
+        axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
+    )
+    y = alt.Y("layer:O", sort=list(reversed(a.layers)), title="layer")
+    base = alt.Chart().encode(x=x, y=y)
+    color = alt.Color(
+        "value:Q",
+        title=f"Δ {quantity}",
+        scale=alt.Scale(scheme="blueorange", domain=[-bound, bound], domainMid=0),
+        legend=alt.Legend(orient="top", gradientLength=220),
+    )
+    tooltip = ["layer:N", "column:N", alt.Tooltip("value:Q", title=f"Δ {quantity}", format="+.4f")]
+    cells = base.mark_rect(stroke="white", strokeWidth=0.5).encode(color=color, tooltip=tooltip)
+    text = base.mark_text(fontSize=10, limit=46).encode(
+        text="label:N",
+        color=alt.condition(f"abs(datum.value) > {0.6 * bound}", alt.value("white"), alt.value("black")),
+        tooltip=tooltip,
+    )
+    return alt.layer(cells, text, data=frame).properties(
+        width=max(300, 52 * width), height=max(120, 26 * a.n_rows), title=title, autosize=PAD
+    )
+
+
+def export_title(heading: str, lines: Sequence[str]) -> alt.TitleParams:
+    """The title an exported image carries: what it is, then model, prompt, lens and target."""
+    return alt.TitleParams(heading, subtitle=list(lines), anchor="start", fontSize=15, subtitleFontSize=12, offset=14)
+
+
+def comparison_figure(
+    heatmaps: Sequence[alt.LayerChart], lines: Sequence[alt.TopLevelMixin], title: alt.TitleParams
+) -> alt.VConcatChart:
+    """The whole comparison in one image: heatmaps side by side, then the line charts."""
+    row = alt.hconcat(*[_nestable(labels_within_cells(h)) for h in heatmaps], spacing=24).resolve_scale(
+        color="independent"
+    )
+    return alt.vconcat(row, *[_nestable(c) for c in lines], spacing=30, title=title, autosize=PAD).resolve_scale(
+        color="independent", shape="independent", strokeDash="independent"
+    )
+
+
+def _nestable(chart: alt.TopLevelMixin) -> alt.TopLevelMixin:
+    """A copy that can sit inside a concatenation (only the top level may set autosize)."""
+    inner = chart.copy(deep=False)
+    inner.autosize = alt.Undefined
+    return inner
+
+
 def topk_frame(result: LensResult, row: int, position: int) -> pd.DataFrame:
     return pd.DataFrame(
         {
@@ -207,44 +330,101 @@ def trajectory_chart(result: LensResult, position: int, measure: str = "probabil
     return _lines(frame, result.layers, measure, color_field="token", color_title="token", title=title)
 
 
+# Okabe & Ito's palette: told apart in the common colour-vision deficiencies. Lines also
+# differ by point shape and dash, so no two are distinguished by colour alone.
+# Yellow, faint on white, comes last: only an eighth line uses it (with its own marker and dash).
+LINE_COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
+LINE_SHAPES = [
+    "circle",
+    "square",
+    "triangle-up",
+    "diamond",
+    "cross",
+    "triangle-down",
+    "triangle-right",
+    "triangle-left",
+]
+LINE_DASHES = [[1, 0], [6, 3], [2, 2], [8, 3, 2, 3], [1, 0], [6, 3], [2, 2], [8, 3, 2, 3]]
+MAX_LINES = len(LINE_COLORS)
+
+
+def _line_style(field: str, title: str, names: Sequence[str], columns: int = 2) -> dict[str, alt.SchemaBase]:
+    """Colour, point shape and dash pattern, all keyed on one field, with one legend."""
+    domain = list(dict.fromkeys(names))
+    legend = alt.Legend(orient="top", columns=columns, labelLimit=220, symbolStrokeWidth=2, symbolSize=90)
+    n = len(domain)
+    return {
+        "color": alt.Color(
+            f"{field}:N", title=title, scale=alt.Scale(domain=domain, range=_cycle(LINE_COLORS, n)), legend=legend
+        ),
+        "shape": alt.Shape(
+            f"{field}:N", title=title, scale=alt.Scale(domain=domain, range=_cycle(LINE_SHAPES, n)), legend=legend
+        ),
+        "strokeDash": alt.StrokeDash(
+            f"{field}:N", title=title, scale=alt.Scale(domain=domain, range=_cycle(LINE_DASHES, n)), legend=legend
+        ),
+    }
+
+
+def _cycle(values: Sequence, n: int) -> list:
+    return [values[i % len(values)] for i in range(max(n, 1))]
+
+
 def _lines(
-    frame: pd.DataFrame, layers: Sequence[str], measure: str, color_field: str, color_title: str, title: str
-) -> alt.Chart:
+    frame: pd.DataFrame,
+    layers: Sequence[str],
+    measure: str,
+    color_field: str,
+    color_title: str,
+    title: str,
+    relative: bool = False,
+    legend_columns: int = 2,
+) -> alt.LayerChart:
+    """Lines with a marker at every layer; ``relative`` puts rows at their depth fraction (column ``depth``)."""
     log = measure == "rank"
     y_scale = alt.Scale(type="log", reverse=True) if log else alt.Scale(zero=measure == "probability")
     y = alt.Y("value:Q", title=MEASURES[measure], scale=y_scale)
-    return (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40)),
-            y=y,
-            color=alt.Color(
-                f"{color_field}:N", title=color_title, legend=alt.Legend(orient="top", columns=2, labelLimit=260)
-            ),
-            tooltip=[f"{color_field}:N", "layer:O", alt.Tooltip("value:Q", format=".4g")],
+    if relative:
+        x = alt.X(
+            "depth:Q", title="relative depth (layer / number of layers; 1 = output)", scale=alt.Scale(domain=[0, 1])
         )
-        .properties(width=480, height=300, title=title, autosize=PAD)
-    )
+    else:
+        x = alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40))
+    style = _line_style(color_field, color_title, frame[color_field], legend_columns)
+    tooltip = [f"{color_field}:N", "layer:N", alt.Tooltip("value:Q", format=".4g")]
+    base = alt.Chart().encode(x=x, y=y, color=style["color"], tooltip=tooltip)
+    lines = base.mark_line(strokeWidth=2).encode(strokeDash=style["strokeDash"])
+    points = base.mark_point(filled=True, size=60, opacity=1).encode(shape=style["shape"])
+    return alt.layer(lines, points, data=frame).properties(width=480, height=300, title=title, autosize=PAD)
 
 
 def compare_trajectory_chart(
     results: Mapping[str, LensResult], target_index: int = 0, measure: str = "probability"
-) -> alt.Chart:
-    """The target's trajectory at each result's last position, one line per prompt or model."""
+) -> alt.LayerChart:
+    """The target's trajectory at each result's last position, one line per prompt or model.
+
+    Results of different depth go on a relative-depth axis, so each output sits at 1.
+    """
     frames = []
     for label, result in results.items():
         frame = trajectory_frame(result, result.n_positions - 1, measure)
         frame = frame[frame.token == result.targets[target_index]].assign(source=label)
+        frame["depth"] = np.asarray(relative_depths(result.layers))[frame.row.to_numpy()]
+        frame["target"] = result.targets[target_index]
         frames.append(frame)
+    relative = len({tuple(r.layers) for r in results.values()}) > 1
     layers = max((r.layers for r in results.values()), key=len)
+    names = {r.targets[target_index] for r in results.values()}
+    title = "Target, last position" + (f": {names.pop()}" if len(names) == 1 else "")
     return _lines(
         pd.concat(frames, ignore_index=True),
         layers,
         measure,
         "source",
         "prompt / model",
-        title="Target across layers, last position",
+        title=title,
+        relative=relative,
+        legend_columns=1,
     )
 
 
@@ -256,7 +436,7 @@ def divergence_chart(frame: pd.DataFrame, layers: Sequence[str], title: str, axi
         .encode(
             x=alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40)),
             y=alt.Y("value:Q", title=axis_title),
-            color=alt.Color("pair:N", title="compared", legend=alt.Legend(orient="top", labelLimit=400)),
+            color=alt.Color("pair:N", title="compared", legend=alt.Legend(orient="top", columns=1, labelLimit=220)),
             tooltip=["pair:N", "layer:O", alt.Tooltip("value:Q", format=".4f")],
         )
         .properties(width=520, height=280, title=title, autosize=PAD)
@@ -282,7 +462,8 @@ def corpus_chart(frame: pd.DataFrame, metric: str) -> alt.Chart:
         .mark_line(point=True)
         .encode(
             x=alt.X("depth:O", title="layer (0 = first block; last = output)"),
-            y=alt.Y(f"{metric}:Q", title=CORPUS_METRICS[metric], axis=alt.Axis(format="%" if percent else "~g")),
+            # d3's bare "%" prints six decimals ("0.000000%") and "~g" writes 10 as "1e+1".
+            y=alt.Y(f"{metric}:Q", title=CORPUS_METRICS[metric], axis=alt.Axis(format=".0%" if percent else ",~r")),
             color=alt.Color("source:N", title=None, legend=alt.Legend(orient="top", labelLimit=300)),
             tooltip=[
                 "source:N",

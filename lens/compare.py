@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
 from lens.errors import LensError
 from lens.model import LensModel
 from lens.result import LensResult
+from lens.tokens import is_byte_level, piece_bytes
 
 
 def last_position_log_probs(model: LensModel, result: LensResult) -> np.ndarray:
@@ -37,3 +40,44 @@ def js_divergence(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
 def same_vocabulary(a: LensModel, b: LensModel) -> bool:
     """Distributions of two models are comparable only over one shared vocabulary."""
     return a is b or (a.d_vocab == b.d_vocab and a.tokenizer.get_vocab() == b.tokenizer.get_vocab())
+
+
+def token_text(model: LensModel, token_id: int) -> str:
+    """A token as plain text, leading space kept, so another tokenizer can read it.
+
+    ``tokenizer.decode`` drops SentencePiece's leading word boundary ("▁Lily" -> "Lily"),
+    which would make a different token of it; the raw piece keeps the space.
+    """
+    piece = model.tokenizer.convert_ids_to_tokens(int(token_id))
+    if piece is None:
+        raise LensError(f"Token id {token_id} is outside this model's vocabulary.")
+    if is_byte_level(model.tokenizer):
+        return piece_bytes(piece, True).decode("utf-8", errors="replace")
+    if piece.startswith("<0x") and piece.endswith(">"):  # SentencePiece byte fallback
+        return model.tokenizer.decode([int(token_id)])
+    return piece.replace("▁", " ")
+
+
+def relative_depths(layers: Sequence[str]) -> list[float]:
+    """Each row's depth as a fraction of the model's blocks: embedding 0, output 1.
+
+    Models of different depth line up on this axis (the demo's output and a 12-layer
+    model's output both sit at 1), where a shared layer axis would misalign them.
+    Row names come from lens.engine.lens_rows: "embed", "L{i} attn", "L{i}", "L{i} (output)".
+    """
+    n_blocks = int(layers[-1].split()[0][1:]) + 1
+    depths = []
+    for name in layers:
+        if name == "embed":
+            depths.append(0.0)
+            continue
+        block = int(name.split()[0][1:])
+        depths.append((block + (0.5 if name.endswith("attn") else 1.0)) / n_blocks)
+    return depths
+
+
+def aligned_difference(a: np.ndarray, b: np.ndarray, width: int) -> np.ndarray:
+    """B - A over the last ``width`` positions of two [rows, positions] arrays of equal depth."""
+    if a.shape[0] != b.shape[0]:
+        raise LensError("Runs of different depth have no cell-by-cell difference.")
+    return b[:, -width:].astype(np.float64) - a[:, -width:].astype(np.float64)

@@ -1,22 +1,31 @@
-"""Several prompts on one model, or one prompt on two models, side by side."""
+"""Several prompts on one model, one prompt on two models, or two lenses: side by side."""
 
 import pandas as pd
 import streamlit as st
 
+import lens
 from lens import charts
-from lens.compare import js_divergence, same_vocabulary
-from ui import cached, config, lenses, page
+from lens.compare import js_divergence, same_vocabulary, token_text
+from ui import cached, config, exports, lenses, page
 
 page.run_through_app()
 st.title("Compare")
 with st.expander("What am I looking at?"):
     st.markdown(
-        "Put prompts (or models) next to each other. The heatmaps use one colour scale so they can be read "
-        "together; the line chart follows the target token at the last position of each; the last chart "
+        "Put prompts (or models, or lenses) next to each other. The heatmaps sit side by side with one colour "
+        "scale and the same last positions; for two runs of equal depth a third heatmap shows the difference "
+        "(B − A). The line chart follows the target token at the last position of each; the last chart "
         "measures, layer by layer, how different the guesses at the last position are, with the "
         "**Jensen–Shannon divergence** (0 bits: identical guesses; 1 bit: no overlap at all)."
     )
 
+# Side-by-side columns wrap onto new lines when too narrow for readable cells (phones, 1024 px).
+st.html(
+    "<style>.st-key-compare_heatmaps [data-testid=stHorizontalBlock],"
+    ".st-key-compare_lines [data-testid=stHorizontalBlock] { flex-wrap: wrap; }"
+    ".st-key-compare_heatmaps [data-testid=stColumn] { min-width: min(100%, 400px); }"
+    ".st-key-compare_lines [data-testid=stColumn] { min-width: min(100%, 340px); }</style>"
+)
 s = page.settings()
 mode = st.radio(
     "Compare",
@@ -30,6 +39,7 @@ mode = st.radio(
         "lenses": "Logit lens vs tuned lens",
     }.get,
 )
+follow_own = False
 if mode == "prompts":
     text = st.text_area(
         "Prompts, one per line",
@@ -43,6 +53,21 @@ if mode == "prompts":
 elif mode == "models":
     choices = [m for m in config.model_choices(config.limits()) if m != s.model_name]
     other = st.selectbox("Second model", choices, format_func=config.model_label, key="model_b", bind="query-params")
+    if not s.target:
+        follow_own = (
+            st.radio(
+                "With no target typed, follow",
+                ["first", "own"],
+                key="compare_follow",
+                bind="query-params",
+                horizontal=True,
+                format_func={
+                    "first": "the first model's answer (as text, in each model's own tokens)",
+                    "own": "each model's own answer",
+                }.get,
+            )
+            == "own"
+        )
     runs = {
         config.model_label(s.model_name): page.query(s, lens_source=None),
         config.model_label(other): page.query(s, model_name=other, lens_source=None),
@@ -57,70 +82,139 @@ if len(runs) < 2:
     st.info("Give at least two prompts, one per line.")
     st.stop()
 
+# Each run's target is resolved by its own model: a typed target as text, or the first
+# run's answer (an id for the same model; as text for another vocabulary), or its own answer.
 models, results = {}, {}
-target = s.target or None  # with none typed, follow the first prompt's final answer
-for label, q in runs.items():
-    model = page.load_model(q.model_name)
+first_answer: tuple[lens.LensModel, int] | None = None
+for index, (label, q) in enumerate(runs.items()):
+    second_model = mode == "models" and index == 1
+    # The demo button sets the second model when the first isn't the demo already; else none.
+    demo_key = ("model_b" if s.model_name != "demo" else None) if second_model else "model"
+    model = page.load_model(q.model_name, demo_key=demo_key)
     if model is None:
         st.stop()
     try:
         base = page.run(model, q, s.top_k)
-    except Exception as exc:  # noqa: BLE001 - every failure is shown as one line
-        page.show_error(f"{label}: {exc}")
+        own_answer = int(base.top_ids[-1, -1, 0])
+        if s.target:
+            target = s.target
+        elif first_answer is None or follow_own:
+            target = own_answer
+        elif first_answer[0] is model:
+            target = first_answer[1]
+        else:
+            target = token_text(*first_answer)
+        first_answer = first_answer or (model, own_answer)
+        results[label] = page.with_targets(q, [target], s.top_k)
+    except lens.LensError as exc:
+        page.show_error(f"{label}: {exc}", demo_key=None)
         st.stop()
-    target = target if target is not None else int(base.top_ids[-1, -1, 0])
     models[label] = model
-    results[label] = page.with_targets(q, [target], s.top_k)
 page.describe_target(next(iter(models.values())), s)
+labels = list(results)
 if not s.target:
-    st.caption(f"No target typed: following `{next(iter(results.values())).targets[0]}`, the first one's answer.")
+    if follow_own:
+        st.caption("No target typed: each model follows its own answer at the last position.")
+    else:
+        how = " (re-tokenized for the second model)" if mode == "models" else ""
+        st.caption(f"No target typed: following `{results[labels[0]].targets[0]}`, the first one's answer{how}.")
+for label, result in results.items():
+    for warning in result.warnings:
+        st.warning(f"{label}: {warning}")
 
 metric = page.metric_picker("compare_metric")
-values = [charts.metric_values(r, metric, r.target_ids[0]) for r in results.values()]
-domain = charts.METRICS[metric].fixed_domain or (
-    (1, max(float(v.max()) for v in values)) if charts.METRICS[metric].log else (0, max(float(v.max()) for v in values))
+targets = {label: r.target_ids[0] for label, r in results.items()}
+values = [charts.metric_values(r, metric, targets[label]) for label, r in results.items()]
+info = charts.METRICS[metric]
+top = max(float(v.max()) for v in values)
+domain = info.fixed_domain or ((1, max(top, 2)) if info.log else (0, max(top, 1e-9)))
+shortest = min(r.n_positions for r in results.values())
+per_row = len(results) if len(results) <= 3 else 2
+width = (
+    st.slider(
+        "Positions shown (counted from the end)",
+        1,
+        shortest,
+        min(shortest, {1: 12, 2: 8, 3: 6}[per_row]),
+        key="compare_width",
+        bind="query-params",
+        help="The runs are aligned at their last token. Fewer positions give wider, more readable cells.",
+    )
+    if shortest > 1
+    else 1
 )
-width = min(12, min(r.n_positions for r in results.values()))
-heatmaps = [
-    charts.heatmap(
+heatmaps = {
+    label: charts.heatmap(
         r,
         metric,
-        target=r.target_ids[0],
+        target=targets[label],
         window=(r.n_positions - width, r.n_positions),
         color_domain=domain,
         selectable=False,
         title=label,
     )
     for label, r in results.items()
-]
-st.caption(f"Last {width} positions of each, aligned at the end; one colour scale for all.")
-for chart in heatmaps:
-    st.altair_chart(chart, width="content")
+}
+same_depth = len({tuple(r.layers) for r in results.values()}) == 1
+st.caption(
+    f"Last {width} positions of each, aligned at the end; one colour scale for all."
+    + ("" if same_depth else " The models differ in depth, so each panel keeps its own layers.")
+)
+with st.container(key="compare_heatmaps"):
+    for start in range(0, len(labels), per_row):
+        columns = st.columns(per_row, gap="medium")
+        for column, label in zip(columns, labels[start : start + per_row], strict=False):
+            column.altair_chart(charts.fit_to_container(heatmaps[label], width), width="stretch")
+
+figures = list(heatmaps.values())
+if len(results) == 2 and same_depth:
+    a, b = results[labels[0]], results[labels[1]]
+    short = [label.split(" ")[0] if mode == "prompts" else label for label in labels]
+    difference = charts.difference_heatmap(
+        a, b, metric, width, (short[0], short[1]), (targets[labels[0]], targets[labels[1]])
+    )
+    st.altair_chart(charts.fit_to_container(difference, width), width="stretch")
+    figures.append(difference)
 
 measure = page.measure_picker("compare_measure", "Target measure")
 trajectory = charts.compare_trajectory_chart(results, 0, measure)
-st.altair_chart(trajectory, width="content")
+lines = [trajectory]
+left, right = st.container(key="compare_lines").columns(2, gap="medium")
+left.altair_chart(charts.stretched(trajectory), width="stretch")
 
-labels = list(results)
 reference = labels[0]
-if len({r.n_rows for r in results.values()}) > 1:
-    st.info("The models have different numbers of layers, so their layers can't be compared one to one.")
-elif not all(same_vocabulary(models[reference], models[label]) for label in labels[1:]):
-    st.info("The models use different vocabularies, so their guesses can't be compared token by token.")
-else:
-    log_probs = {label: cached.last_log_probs(runs[label]) for label in labels}
-    rows = []
-    for label in labels[1:]:
-        divergence = js_divergence(log_probs[reference], log_probs[label])
-        rows += [
-            {"pair": f"{reference} vs {label}", "layer": layer, "value": float(v)}
-            for layer, v in zip(results[reference].layers, divergence, strict=True)
-        ]
-    frame = pd.DataFrame(rows)
-    st.altair_chart(
-        charts.divergence_chart(
-            frame, results[reference].layers, "Jensen–Shannon divergence, last position", "JS divergence (bits)"
-        ),
-        width="content",
-    )
-page.export_buttons(results[reference], trajectory, "compare")
+with right:
+    if not same_depth:
+        st.info(
+            "The models have different numbers of layers, so their layers can't be compared one to one; "
+            "the line chart puts them on a relative depth (1 = output)."
+        )
+    elif not all(same_vocabulary(models[reference], models[label]) for label in labels[1:]):
+        st.info("The models use different vocabularies, so their guesses can't be compared token by token.")
+    else:
+        log_probs = {label: cached.last_log_probs(runs[label]) for label in labels}
+        rows = []
+        for label in labels[1:]:
+            divergence = js_divergence(log_probs[reference], log_probs[label])
+            rows += [
+                {"pair": f"{reference} vs {label}", "layer": layer, "value": float(v)}
+                for layer, v in zip(results[reference].layers, divergence, strict=True)
+            ]
+        divergence_chart = charts.divergence_chart(
+            pd.DataFrame(rows),
+            results[reference].layers,
+            "Jensen–Shannon divergence, last position",
+            "JS divergence (bits)",
+        )
+        st.altair_chart(charts.stretched(divergence_chart), width="stretch")
+        lines.append(divergence_chart)
+
+csv, json_text = exports.comparison_files(results)
+subtitle = [
+    " · ".join(exports.describe(r))
+    if label in exports.describe(r)[0]
+    else f"{label}: " + " · ".join(exports.describe(r))
+    for label, r in results.items()
+]
+figure = charts.comparison_figure(figures, lines, charts.export_title(f"Compare: {info.title}", subtitle))
+exports.buttons("compare", csv, json_text, figure)

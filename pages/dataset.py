@@ -6,7 +6,13 @@ import streamlit as st
 from lens import charts
 from ui import config, corpus_input, page
 
+URL_TEXT_LIMIT = 2000  # characters of pasted text kept in the page's link
+
 page.run_through_app()
+st.html(
+    "<style>.st-key-corpus_charts [data-testid=stHorizontalBlock] { flex-wrap: wrap; }"
+    ".st-key-corpus_charts [data-testid=stColumn] { min-width: min(100%, 340px); }</style>"
+)
 st.title("Dataset statistics")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -30,7 +36,14 @@ try:
         texts = corpus_input.sample_texts()
         st.caption(f"{len(texts)} public-domain lines: King James Bible, Shakespeare, Jane Austen.")
     elif source == "paste":
-        texts = corpus_input.lines(st.text_area("Texts, one per line", key="corpus_text", height=160))
+        # Pasted text lives in the URL up to a bound, so a link reproduces the view.
+        if "corpus_text" not in st.session_state:
+            st.session_state["corpus_text"] = st.query_params.get("corpus_text", "")
+        pasted = st.text_area("Texts, one per line", key="corpus_text", height=160)
+        st.query_params["corpus_text"] = pasted[:URL_TEXT_LIMIT]
+        if len(pasted) > URL_TEXT_LIMIT:
+            st.caption(f"The page's link holds only the first {URL_TEXT_LIMIT:,} characters of the pasted text.")
+        texts = corpus_input.lines(pasted)
     else:
         upload = st.file_uploader(
             "A .txt (one text per line), .csv or .jsonl file", type=["txt", "csv", "jsonl"], key="corpus_file"
@@ -71,12 +84,12 @@ readings = [
     *([(second, None)] if second else []),
 ]
 frames = []
-for model_name, lens_source in readings:
+for index, (model_name, lens_source) in enumerate(readings):
     if page.load_model(model_name) is None:
         continue
     label = config.model_label(model_name) + (" · tuned lens" if lens_source else "")
     try:
-        frame = page.corpus_with_progress(model_name, texts, s.points, limit, lens_source)
+        frame = page.corpus_with_progress(model_name, texts, s.points, limit, lens_source, len(readings) - index - 1)
     except Exception as exc:  # noqa: BLE001 - shown as one line; the rest of the page stays
         page.show_error(f"{label}: {exc}")
         continue
@@ -91,11 +104,17 @@ st.caption(
     f"{int(frames[0].n_tokens.iloc[0]):,} predicted tokens from {frames[0].attrs.get('n_texts', len(texts))} texts."
 )
 metrics = list(charts.CORPUS_METRICS)
-for left, right in zip(metrics[0::2], metrics[1::2], strict=True):
-    a, b = st.columns(2)
-    a.altair_chart(charts.corpus_chart(table, left), width="content")
-    b.altair_chart(charts.corpus_chart(table, right), width="content")
+with st.container(key="corpus_charts"):
+    for left, right in zip(metrics[0::2], metrics[1::2], strict=True):
+        a, b = st.columns(2, gap="medium")
+        a.altair_chart(charts.stretched(charts.corpus_chart(table, left)), width="stretch")
+        b.altair_chart(charts.stretched(charts.corpus_chart(table, right)), width="stretch")
 st.dataframe(table.set_index(["source", "layer"]), width="stretch")
 st.download_button(
-    "Download the table (CSV)", table.to_csv(index=False), "lens-dataset.csv", "text/csv", key="corpus_csv"
+    "Download the table (CSV)",
+    table.to_csv(index=False),
+    "lens-dataset.csv",
+    "text/csv",
+    key="corpus_csv",
+    on_click="ignore",
 )

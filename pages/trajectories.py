@@ -6,6 +6,10 @@ from lens import charts
 from ui import page
 
 page.run_through_app()
+st.html(
+    "<style>.st-key-trajectory_row [data-testid=stHorizontalBlock] { flex-wrap: wrap; }"
+    ".st-key-trajectory_row [data-testid=stColumn] { min-width: min(100%, 360px); }</style>"
+)
 st.title("Token trajectories")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -16,6 +20,21 @@ with st.expander("What am I looking at?"):
 
 ctx = page.context()
 result = ctx.result
+vocab = ctx.model.d_vocab
+
+
+def favourites(position: int) -> list[int]:
+    """The output's five favourites at a position: what the page follows by default."""
+    return [int(i) for i in result.top_ids[-1, position, :5]]
+
+
+def follow_new_position() -> None:
+    """A new position follows that position's favourites (as the help text promises)."""
+    position = st.session_state.get("position")
+    if position is not None and 0 <= position < result.n_positions:
+        st.session_state["track"] = favourites(position)
+
+
 position = st.selectbox(
     "Position",
     list(range(result.n_positions)),
@@ -23,31 +42,46 @@ position = st.selectbox(
     format_func=lambda i: f"{i}: {result.tokens[i]}  (guessing what comes next)",
     key="position",
     bind="query-params",
-    help="The lens at this position predicts the token after it. The last position predicts the continuation.",
+    on_change=follow_new_position,
+    help="The lens at this position predicts the token after it. The last position predicts the continuation. "
+    "Changing it follows that position's five favourites.",
 )
-final_top = [int(i) for i in result.top_ids[-1, position, :5]]
-typed = [ctx.settings.target] if ctx.settings.target else []
-chosen = st.session_state.get("track") or []
-candidates = list(dict.fromkeys([*final_top, *(int(i) for i in result.top_ids[:, position, :].ravel()), *chosen]))
+# Followed tokens live in the URL as token ids (``track=11,42``): display labels, which a
+# bound multiselect would store, are not unique and can't be typed into a link.
+if "track" not in st.session_state:
+    linked = [int(t) for t in st.query_params.get("track", "").split(",") if t.strip().isdigit()]
+    st.session_state["track"] = [t for t in linked if t < vocab][: charts.MAX_LINES] or favourites(position)
+chosen = [int(t) for t in st.session_state["track"] if int(t) < vocab]  # another model may have fewer tokens
+st.session_state["track"] = chosen
+candidates = list(
+    dict.fromkeys([*favourites(position), *(int(i) for i in result.top_ids[:, position, :].ravel()), *chosen])
+)
 tracked = st.multiselect(
     "Tokens to follow",
     candidates,
-    default=final_top,
     format_func=ctx.model.token_name,
     key="track",
-    bind="query-params",
-    help="By default the output's five favourites at this position, plus the target typed in the sidebar.",
+    max_selections=charts.MAX_LINES,
+    help=f"By default the output's five favourites at this position, plus the target typed in the sidebar; "
+    f"at most {charts.MAX_LINES}, so every line keeps its own colour, marker and dash.",
 )
+st.query_params["track"] = ",".join(str(t) for t in tracked)
 measure = page.measure_picker("measure")
+typed = [ctx.settings.target] if ctx.settings.target else []
 if not tracked and not typed:
     st.info("Choose at least one token to follow.")
     st.stop()
-traced = page.with_targets(page.query(ctx.settings), [*tracked, *typed], ctx.settings.top_k)
+followed = [*tracked, *typed]
+if len(followed) > charts.MAX_LINES:
+    st.caption(f"Following the first {charts.MAX_LINES} tokens: more lines could not be told apart.")
+    followed = followed[: charts.MAX_LINES]
+traced = page.with_targets(page.query(ctx.settings), followed, ctx.settings.top_k)
 for warning in traced.warnings:
     st.warning(warning)
 chart = charts.trajectory_chart(traced, position, measure, title=f"Position {position}: {result.tokens[position]}")
-left, right = st.columns([3, 2])
-left.altair_chart(chart, width="content")
+with st.container(key="trajectory_row"):
+    left, right = st.columns([3, 2], gap="medium")
+left.altair_chart(charts.stretched(chart), width="stretch")
 table = charts.trajectory_frame(traced, position, measure).pivot(index="layer", columns="token", values="value")
 right.dataframe(table.reindex(reversed(traced.layers)), height=min(600, 38 + 35 * traced.n_rows))
-page.export_buttons(traced, chart, "trajectories")
+page.export_buttons(traced, chart, "trajectories", heading=f"Token trajectories at position {position}")

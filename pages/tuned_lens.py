@@ -21,11 +21,18 @@ s = page.settings()
 model = page.load_model(s.model_name)
 if model is None:
     st.stop()
-found = lenses.available(s.model_name)
-if found:
-    st.markdown("**Tuned lenses for this model:** " + ", ".join(f"`{label}`" for label in found))
-else:
-    st.info("No tuned lens for this model yet. Train one below.")
+# Filled at the end of the run, so a lens trained on this run is listed (not "no lens yet").
+listing = st.empty()
+
+
+def list_lenses() -> None:
+    found = lenses.available(s.model_name)
+    if found:
+        listing.markdown("**Tuned lenses for this model:** " + ", ".join(f"`{label}`" for label in found))
+    else:
+        listing.info("No tuned lens for this model yet. Train one below.")
+
+
 st.caption(
     "Published lenses, fetched from the hub when it can be reached, exist for: "
     + ", ".join(lenses.published_models())
@@ -59,6 +66,7 @@ steps = left.slider(
 lr = middle.select_slider("Learning rate", [3e-4, 1e-3, 3e-3, 1e-2], 3e-3, key="train_lr")
 window = right.select_slider("Tokens per step", [32, 64, 128, 256], 64, key="train_window")
 if not texts:
+    list_lenses()
     st.info("Give some text to train on.")
     st.stop()
 if model.d_vocab * model.d_model > 60_000_000:
@@ -79,11 +87,14 @@ elif st.button("Train", type="primary", key="train"):
     try:
         lens = page.with_progress(work, "Training the tuned lens", curve="KL to the output (nats)")
     except Exception as exc:  # noqa: BLE001 - shown as one line
+        list_lenses()
         page.show_error(str(exc))
         st.stop()
     lens.save(folder)
     st.success(f"Trained and saved. Pick it in the sidebar: Lens → Tuned lens → 'Trained here: {folder.name}'.")
 else:
+    list_lenses()
     st.stop()
+list_lenses()
 if lens.history:
     st.altair_chart(charts.loss_chart(lens.history), width="content")

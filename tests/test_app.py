@@ -107,8 +107,8 @@ def test_compare_page_two_prompts(app):
     app.run()
     assert_no_failure(app)
     elements = charts(app)
-    assert len(elements) == 4  # two heatmaps, the target chart, the divergence chart
-    divergence = chart_data(elements[3])
+    assert len(elements) == 5  # two heatmaps, their difference, the target chart, the divergence chart
+    divergence = chart_data(elements[4])
     assert (divergence.value >= 0).all() and (divergence.value <= 1).all()
     assert divergence.sort_values("layer").value.iloc[-1] > 0.5  # Lily vs a boy's name at the output
 
@@ -237,7 +237,7 @@ def test_lens_selector_uses_a_tuned_lens_found_on_disk(app, stories, lens_cache)
     app.query_params["compare_mode"] = "Logit lens vs tuned lens"
     app.run()
     assert_no_failure(app)
-    assert len(charts(app)) == 4
+    assert len(charts(app)) == 5  # two heatmaps, their difference, the target chart, the divergence chart
 
 
 def test_tuned_lens_page_trains_saves_and_reuses(app, lens_cache):

@@ -149,7 +149,7 @@ def test_switch_pages(page):
     shoot(page, "3-trajectories")
     page.locator("[data-testid=stSidebarNavLink]", has_text="Compare").click()
     page.get_by_text("Jensen–Shannon divergence, last position").first.wait_for(timeout=60_000)
-    assert page.locator("[data-testid=stVegaLiteChart]").count() == 4
+    assert page.locator("[data-testid=stVegaLiteChart]").count() == 5  # two heatmaps, difference, two line charts
     page.set_viewport_size({"width": 1500, "height": 2600})
     page.wait_for_timeout(500)
     shoot(page, "4-compare")

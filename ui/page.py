@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import runpy
 import threading
@@ -17,7 +18,7 @@ import streamlit as st
 
 import lens
 from lens import charts
-from ui import cached, config
+from ui import cached, config, exports
 from ui.sidebar import Settings
 
 T = TypeVar("T")
@@ -57,26 +58,32 @@ def settings() -> Settings:
     return st.session_state["settings"]
 
 
-def show_error(message: str) -> None:
-    """One friendly line; for a model that can't be fetched, a one-click way to the demo."""
+def show_error(message: str, demo_key: str | None = "model") -> None:
+    """One friendly line; for a model that can't be fetched, a one-click way to the demo.
+
+    ``demo_key`` is the model picker the button sets to the demo (None: no button, as when
+    the demo is already the other model being compared).
+    """
     st.error(message, icon=":material/error:")
-    if "Could not download" in message or "Could not load model" in message:
-        st.button("Use the offline demo model", type="primary", on_click=_switch_to_demo, key="use_demo")
+    if demo_key and ("Could not download" in message or "Could not load model" in message):
+        st.button(
+            "Use the offline demo model", type="primary", on_click=_switch_to_demo, args=(demo_key,), key="use_demo"
+        )
 
 
-def _switch_to_demo() -> None:
-    st.session_state["model"] = "demo"
+def _switch_to_demo(key: str) -> None:
+    st.session_state[key] = "demo"
     st.session_state.pop("failed_models", None)
 
 
-def load_model(name: str) -> lens.LensModel | None:
+def load_model(name: str, demo_key: str | None = "model") -> lens.LensModel | None:
     """The cached model, with progress shown while it downloads or loads; None after an error."""
     failures: dict[str, str] = st.session_state.setdefault("failed_models", {})
     problem = failures.get(name) or config.check_model_allowed(name, config.limits())
     if not name:
         problem = "Type a model id in the sidebar."
     if problem:
-        show_error(problem)
+        show_error(problem, demo_key)
         if name in failures and st.button("Try again", key="retry_model"):
             failures.pop(name)
             st.rerun()
@@ -88,7 +95,7 @@ def load_model(name: str) -> lens.LensModel | None:
         )
     except lens.LensError as exc:
         failures[name] = str(exc)
-        show_error(str(exc))
+        show_error(str(exc), demo_key)
         return None
     if time.monotonic() - started > 1:
         st.toast(f"{config.model_label(name)} loaded in {time.monotonic() - started:.1f} s")
@@ -144,15 +151,30 @@ def with_progress(work: Callable[[Report], T], label: str, curve: str | None = N
 
 
 def corpus_with_progress(
-    model_name: str, texts: Sequence[str], points: tuple[str, ...], max_tokens: int, lens_source: str | None = None
+    model_name: str,
+    texts: Sequence[str],
+    points: tuple[str, ...],
+    max_tokens: int,
+    lens_source: str | None = None,
+    readings_after: int = 0,
 ):
-    """Cached corpus statistics, with a progress bar and an estimate of the time left."""
+    """Cached corpus statistics, with a progress bar and an estimate of the time left.
+
+    The estimate covers the readings still to come after this one (another model or lens
+    over the same texts takes about as long), not only this one's.
+    """
     label = config.model_label(model_name)
 
     def work(report: Report):
+        started = time.monotonic()
+
         def tell(done: int, expected: int | None, left: float | None) -> None:
             if expected:
-                eta = f", about {left:.0f} s left" if left is not None else ""
+                if left is not None:
+                    this_reading = time.monotonic() - started + left
+                    eta = f", about {left + this_reading * readings_after:.0f} s left"
+                else:
+                    eta = ""
                 report(f"{label}: {done:,} of about {expected:,} tokens{eta}", done / expected)
 
         return cached.corpus(model_name, tuple(texts), points, max_tokens, lens_source, _progress=tell)
@@ -252,38 +274,18 @@ def measure_picker(key: str, label: str = "Measure") -> str:
     )
 
 
-def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str) -> None:
-    """Downloads of the result (CSV, JSON) and the chart (PNG, SVG), made only when clicked."""
+def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str, heading: str | None = None) -> None:
+    """Downloads of the result (CSV, JSON) and the chart (PNG, SVG) as the screen shows them.
 
-    def png() -> bytes:
-        import vl_convert
-
-        return vl_convert.vegalite_to_png(chart.to_json(), scale=2)
-
-    def svg() -> str:
-        import vl_convert
-
-        return vl_convert.vegalite_to_svg(chart.to_json())
-
-    cols = st.columns([1, 1, 1, 1, 6], gap="small")
-    cols[0].download_button(
-        "CSV",
-        lambda: result.to_frame().to_csv(index=False),
-        f"{stem}.csv",
-        "text/csv",
-        key=f"{stem}_csv",
-        help="One row per (layer, position): top-k, entropy, KL, targets.",
-    )
-    cols[1].download_button(
-        "JSON",
-        lambda: result.to_json(include_unembed_input=False),
-        f"{stem}.json",
-        "application/json",
-        key=f"{stem}_json",
-        help="The full result; lens.LensResult.from_json reads it back.",
-    )
-    cols[2].download_button("PNG", png, f"{stem}.png", "image/png", key=f"{stem}_png")
-    cols[3].download_button("SVG", svg, f"{stem}.svg", "image/svg+xml", key=f"{stem}_svg")
+    A target typed in the sidebar goes into the files even when the chart isn't coloured by it.
+    """
+    s = settings()
+    if s.target and not result.targets and result.prompt == s.prompt:
+        with contextlib.suppress(lens.LensError):  # the sidebar already shows why the target can't be used
+            result = with_targets(query(s), [s.target], s.top_k)
+    csv, json_text = exports.result_files(result)
+    heading = heading or f"{result.lens_kind.capitalize()} lens"
+    exports.buttons(stem, csv, json_text, exports.titled(chart, heading, exports.describe(result)))
 
 
 def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | None:

@@ -1,0 +1,117 @@
+"""Downloads that always arrive, holding what the screen shows.
+
+Streamlit's deferred downloads (a callable as ``data``) are dropped when the click that
+asked for one reruns the page: a second click 0.3 s after the first found its file gone.
+So every file here is made when the page is drawn, and the buttons don't rerun the page
+(``on_click="ignore"``): the files of one drawing stay valid, however fast the clicks.
+Tables are cheap; images take vl_convert most of a second each, so they are made once
+on request ("Prepare PNG and SVG") and kept per session until the chart changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+import lens
+from lens import charts
+from ui import config
+
+
+def describe(result: lens.LensResult) -> list[str]:
+    """Lines naming what a result is: model and lens, prompt, targets."""
+    prompt = result.prompt if len(result.prompt) <= 90 else result.prompt[:89] + "…"
+    lines = [f"{config.model_label(result.model_name)} · {result.lens_kind} lens", f"Prompt: {prompt!r}"]
+    if result.targets:
+        lines.append(("Target: " if len(result.targets) == 1 else "Tokens: ") + ", ".join(result.targets))
+    return lines
+
+
+def titled(chart: alt.TopLevelMixin, heading: str, lines: Sequence[str]) -> alt.TopLevelMixin:
+    """The chart as an image carries it: a title naming model, prompt and lens; labels kept in their cells."""
+    if isinstance(chart, alt.LayerChart) and isinstance(chart.data, pd.DataFrame) and "column" in chart.data:
+        chart = charts.labels_within_cells(chart)
+    return chart.properties(title=charts.export_title(heading, lines))
+
+
+def result_files(result: lens.LensResult) -> tuple[bytes, str]:
+    """CSV and JSON of one result."""
+    return result.to_frame().to_csv(index=False).encode(), result.to_json(include_unembed_input=False)
+
+
+def comparison_files(results: Mapping[str, lens.LensResult]) -> tuple[bytes, str]:
+    """CSV and JSON of every compared run: a ``run`` column, and a JSON list of runs.
+
+    Each run keeps its own target columns; ``target*`` columns repeat its first target
+    under one name, so runs whose models name the token differently stay in one column.
+    """
+    frames = []
+    for label, result in results.items():
+        frame = result.to_frame()
+        if result.targets:
+            frame.insert(0, "target", result.targets[0])
+            frame["target_prob"] = result.target_probs[0].ravel()
+            frame["target_rank"] = result.target_ranks[0].ravel()
+        frame.insert(0, "run", label)
+        frames.append(frame)
+    runs = [
+        {"run": label, "result": json.loads(result.to_json(include_unembed_input=False))}
+        for label, result in results.items()
+    ]
+    return pd.concat(frames, ignore_index=True).to_csv(index=False).encode(), json.dumps(
+        {"runs": runs}, ensure_ascii=False
+    )
+
+
+def _render(spec: str, digest: str, key: str) -> None:
+    import vl_convert
+
+    png = vl_convert.vegalite_to_png(spec, scale=2)
+    svg = vl_convert.vegalite_to_svg(spec)
+    st.session_state[key] = (digest, png, svg)
+
+
+def buttons(stem: str, csv: bytes, json_text: str, chart: alt.TopLevelMixin) -> None:
+    """CSV, JSON, and the chart as PNG and SVG once prepared; none of them reruns the page."""
+    if chart.config is alt.Undefined:
+        # vl_convert's default font lacks "␣" and switches whole labels to a serif fallback.
+        chart = chart.configure(font="DejaVu Sans, Liberation Sans, sans-serif")
+    spec = json.dumps(chart.to_dict(validate=False))  # validation would double the time a redraw takes
+    digest = hashlib.sha256(spec.encode()).hexdigest()
+    key = f"_images_{stem}"
+    images = st.session_state.get(key)
+    with st.container(horizontal=True, gap="small", key=f"{stem}_downloads"):
+        st.download_button(
+            "CSV",
+            csv,
+            f"{stem}.csv",
+            "text/csv",
+            key=f"{stem}_csv",
+            on_click="ignore",
+            help="One row per (layer, position): top-k, entropy, KL, targets.",
+        )
+        st.download_button(
+            "JSON",
+            json_text,
+            f"{stem}.json",
+            "application/json",
+            key=f"{stem}_json",
+            on_click="ignore",
+            help="The full result; lens.LensResult.from_json reads it back.",
+        )
+        if images is not None and images[0] == digest:
+            st.download_button("PNG", images[1], f"{stem}.png", "image/png", key=f"{stem}_png", on_click="ignore")
+            st.download_button("SVG", images[2], f"{stem}.svg", "image/svg+xml", key=f"{stem}_svg", on_click="ignore")
+        else:
+            st.button(
+                "Prepare PNG and SVG",
+                key=f"{stem}_prepare",
+                on_click=_render,
+                args=(spec, digest, key),
+                help="Drawing the images takes a second; then they download at once.",
+            )
