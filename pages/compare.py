@@ -5,7 +5,7 @@ import streamlit as st
 
 from lens import charts
 from lens.compare import js_divergence, same_vocabulary
-from ui import cached, config, lenses, page
+from ui import cached, config, lenses, ndif, page
 
 page.run_through_app()
 st.title("Compare")
@@ -107,6 +107,8 @@ if len({r.n_rows for r in results.values()}) > 1:
     st.info("The models have different numbers of layers, so their layers can't be compared one to one.")
 elif not all(same_vocabulary(models[reference], models[label]) for label in labels[1:]):
     st.info("The models use different vocabularies, so their guesses can't be compared token by token.")
+elif any(ndif.is_remote(q.model_name) for q in runs.values()):
+    st.info("The per-layer divergence needs every row's full distribution, which stays on NDIF.")
 else:
     log_probs = {label: cached.last_log_probs(runs[label]) for label in labels}
     rows = []
