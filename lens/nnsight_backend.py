@@ -32,6 +32,7 @@ from lens.tokens import TokenNamer
 
 NDIF_KEY_URL = "https://login.ndif.us"
 TASK = "text-generation"
+BLOCK_LOGITS = 2**23  # logits made at once in the trace: 64 MB in float64, 65 positions of a 128k vocabulary
 # Where decoder layers, the final norm and the output head sit in the model families
 # NDIF hosts (Llama, Gemma, Qwen, Mistral, GPT-2, GPT-J, GPT-NeoX, OLMo).
 _LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
@@ -170,7 +171,10 @@ def load_nnsight_model(
             )
         else:
             placement = {"device": device} if device else {}
-            wrapper = nnsight.TransformersModel(source, task=TASK, tokenizer=tokenizer, dtype=dtype, **placement)
+            # Eager attention, as TransformerLens runs it, so the two backends agree to fp32 rounding.
+            wrapper = nnsight.TransformersModel(
+                source, task=TASK, tokenizer=tokenizer, dtype=dtype, attn_implementation="eager", **placement
+            )
             report(f"Reading the weights of {shown}", None)
             wrapper.dispatch()
             wrapper._module.eval()
@@ -224,41 +228,50 @@ def reduce_rows(
 ) -> dict[str, torch.Tensor]:
     """Each row's residuals [positions, d_model] -> the per-cell statistics, on the CPU.
 
-    One row's logits at a time ([positions, vocab]), so memory does not grow with the
-    depth. The final row goes first because every row's KL is measured against it.
+    Logits are made one row and one block of positions at a time (BLOCK_LOGITS at
+    most), so memory grows with neither depth nor prompt length; each block's final
+    row is made first because every row's KL is measured against it. The reductions
+    run in float64: a 27-nat KL keeps its last fp32 digit (fp32 sums lose ~1e-5).
     Ids and ranks travel as int32 (vocabularies are far below 2**31): half the bytes.
     """
 
     def log_probs(resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = head(norm(resid)).float()
+        logits = head(norm(resid)).double()
         if softcap is not None:
             logits = torch.tanh(logits / softcap) * softcap
         return logits, torch.log_softmax(logits, dim=-1)
 
     targets = torch.tensor(target_ids, dtype=torch.long, device=hidden[-1].device)
-    _, final_log_probs = log_probs(hidden[-1])
-    final_probs = final_log_probs.exp()
-    rows: dict[str, list[torch.Tensor]] = {name: [] for name in SAVED_ARRAYS}
-    for resid in hidden:
-        logits, row_log_probs = log_probs(resid)
-        top = torch.topk(row_log_probs, top_k, dim=-1)
-        target_logits = logits[:, targets]  # [positions, targets]
-        rows["top_ids"].append(top.indices.int())
-        rows["top_probs"].append(top.values.exp())
-        rows["log_normalizer"].append(torch.logsumexp(logits, dim=-1))
-        rows["entropy"].append(-(row_log_probs.exp() * row_log_probs).sum(-1))
-        rows["kl_to_final"].append((final_probs * (final_log_probs - row_log_probs)).sum(-1).clamp_min(0))
-        rows["target_logits"].append(target_logits.t())
-        rows["target_probs"].append(row_log_probs[:, targets].exp().t())
-        rows["target_ranks"].append(
-            torch.stack([1 + (logits > target_logits[:, [j]]).sum(-1) for j in range(len(target_ids))]).int()
-            if target_ids
-            else torch.zeros(0, logits.shape[0], dtype=torch.int32, device=logits.device)
-        )
-    stacked = {name: torch.stack(values) for name, values in rows.items()}
-    for name in ("target_probs", "target_logits", "target_ranks"):
-        stacked[name] = stacked[name].transpose(0, 1)  # [targets, rows, positions]
-    return {name: value.contiguous().cpu() for name, value in stacked.items()}
+    n_positions = hidden[-1].shape[0]
+    block = max(1, BLOCK_LOGITS // head(norm(hidden[-1][:1])).shape[-1])
+    cells: dict[str, list[list[torch.Tensor]]] = {name: [[] for _ in hidden] for name in SAVED_ARRAYS}
+    for start in range(0, n_positions, block):
+        final_logits, final_log_probs = log_probs(hidden[-1][start : start + block])
+        final_probs = final_log_probs.exp()
+        for row, resid in enumerate(hidden):
+            last = row == len(hidden) - 1
+            logits, row_log_probs = (final_logits, final_log_probs) if last else log_probs(resid[start : start + block])
+            top = torch.topk(row_log_probs, top_k, dim=-1)
+            target_logits = logits[:, targets]  # [positions, targets]
+            ranks = [1 + (logits > target_logits[:, [j]]).sum(-1) for j in range(len(target_ids))]
+            for name, value in (
+                ("top_ids", top.indices.int()),
+                ("top_probs", top.values.exp()),
+                ("log_normalizer", torch.logsumexp(logits, dim=-1)),
+                ("entropy", -(row_log_probs.exp() * row_log_probs).sum(-1)),
+                ("kl_to_final", (final_probs * (final_log_probs - row_log_probs)).sum(-1).clamp_min(0)),
+                ("target_logits", target_logits.t()),
+                ("target_probs", row_log_probs[:, targets].exp().t()),
+                ("target_ranks", torch.stack(ranks).int() if ranks else target_logits.t().int()),
+            ):
+                cells[name][row].append(value)
+    out = {}
+    for name, rows in cells.items():
+        by_row = torch.stack([torch.cat(blocks, dim=-1 if name.startswith("target_") else 0) for blocks in rows])
+        if name.startswith("target_"):
+            by_row = by_row.transpose(0, 1)  # [targets, rows, positions]
+        out[name] = (by_row.float() if by_row.is_floating_point() else by_row).contiguous().cpu()
+    return out
 
 
 def traced_statistics(
@@ -407,9 +420,7 @@ def remote_backend(model: NnsightModel, progress: Progress | None):
                 progress(message, None)
             return super().note(response)
 
-    backend = ReportingBackend(
-        _model_key(model), api_key=model.api_key, env=model.wrapper._remoteable_get_env()
-    )
+    backend = ReportingBackend(_model_key(model), api_key=model.api_key, env=model.wrapper._remoteable_get_env())
     backend.display = StatusDisplay(enabled=False)  # status goes to progress, never to a log
     return backend
 
