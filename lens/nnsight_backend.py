@@ -37,7 +37,7 @@ BLOCK_LOGITS = 2**23  # logits made at once in the trace: 64 MB in float64, 65 p
 # NDIF hosts (Llama, Gemma, Qwen, Mistral, GPT-2, GPT-J, GPT-NeoX, OLMo).
 _LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
 _NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
-# Saved arrays and their per-cell size in bytes: k, targets -> bytes (see payload_bytes).
+# The arrays a run saves out of the trace, and nothing else (their size: payload_bytes).
 SAVED_ARRAYS = (
     "top_ids",
     "top_probs",
