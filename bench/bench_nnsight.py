@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 
+import bench_lens
 from common import ROOT, SHARED_MODELS, peak_rss_mb, prompt_of_length
 
 METHODS = ("naive", "transformer_lens", "nnsight")
@@ -51,18 +52,7 @@ def models():
 
 
 def naive(handles, prompt: str) -> None:
-    import torch
-
-    from lens.engine import lens_rows
-
-    model = handles["transformer_lens"]
-    hooks = [r.hook for r in lens_rows(model)]
-    tokens = torch.tensor([model.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
-    with torch.no_grad():
-        _, cache = model.bridge.run_with_cache(tokens, names_filter=hooks)
-        resid = torch.stack([cache[h][0] for h in hooks])
-        probs = torch.softmax(model.bridge.unembed(model.bridge.ln_final(resid)), dim=-1)
-        probs.max(dim=-1)
+    bench_lens.naive(handles["transformer_lens"], prompt)
 
 
 def backend(name: str):

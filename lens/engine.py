@@ -323,6 +323,8 @@ def run_lens(
     A model loaded with ``backend="nnsight"`` runs through lens/nnsight_backend.py;
     ``progress`` then hears an NDIF job's status (queued, running).
     """
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise LensError(f"top_k must be a whole number of at least 1, not {top_k!r}.")
     if not isinstance(model, LensModel):
         from lens.nnsight_backend import run_lens_nnsight
 
@@ -337,8 +339,6 @@ def run_lens(
             lens=lens,
             progress=progress,
         )
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise LensError(f"top_k must be a whole number of at least 1, not {top_k!r}.")
     token_ids = tokenize_prompt(model, prompt, prepend_bos)
     target_ids, target_names, warnings = resolve_targets(model, targets)
     rows = lens_rows(model, points)

@@ -325,11 +325,9 @@ def run_lens_nnsight(
     lens=None,
     progress: Progress | None = None,
 ) -> LensResult:
-    """``run_lens`` for an nnsight model: tokenizing and labelling here, the lens in the trace."""
+    """``run_lens`` for an nnsight model (it checks ``top_k``): tokenizing and labelling here, the lens in the trace."""
     from lens.engine import _names_array, lens_rows, resolve_targets, tokenize_prompt, uses_bos
 
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise LensError(f"top_k must be a whole number of at least 1, not {top_k!r}.")
     if lens is not None:
         raise LensError("A tuned lens runs on the TransformerLens backend only; load the model locally to use one.")
     if keep_unembed_input:
