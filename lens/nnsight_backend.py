@@ -257,7 +257,7 @@ def reduce_rows(
             for name, value in (
                 ("top_ids", top.indices.int()),
                 ("top_probs", top.values.exp()),
-                ("log_normalizer", torch.logsumexp(logits, dim=-1)),
+                ("log_normalizer", logits.gather(-1, top.indices[:, :1])[:, 0] - top.values[:, 0]),
                 ("entropy", -(row_log_probs.exp() * row_log_probs).sum(-1)),
                 ("kl_to_final", (final_probs * (final_log_probs - row_log_probs)).sum(-1).clamp_min(0)),
                 ("target_logits", target_logits.t()),
