@@ -8,6 +8,7 @@ from lens.corpus import corpus_stats
 from lens.engine import lens_rows, resolve_targets, retarget, run_lens, tokenize_prompt, tokenize_target
 from lens.errors import LensError
 from lens.model import DEFAULT_MODEL, LensModel, load_model
+from lens.nnsight_backend import NnsightModel
 from lens.result import LensResult
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "LensError",
     "LensModel",
     "LensResult",
+    "NnsightModel",
     "corpus_stats",
     "lens_rows",
     "load_model",

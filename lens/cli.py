@@ -70,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
     parser.add_argument("--out", type=Path, help="write to this file instead of standard output")
     parser.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: automatic)")
+    parser.add_argument(
+        "--backend",
+        choices=("transformer_lens", "nnsight"),
+        default=None,
+        help="transformer_lens (default) or nnsight; --remote implies nnsight",
+    )
+    parser.add_argument(
+        "--remote",
+        action="store_true",
+        help="run on NDIF through nnsight (needs NDIF_API_KEY); only the per-cell statistics come back",
+    )
     return parser
 
 
@@ -109,6 +120,11 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
+def _status_to_stderr(message: str, fraction: float | None) -> None:
+    """An NDIF job's status (queued, running), one line each, off the result's stream."""
+    print(f"ndif: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
@@ -119,9 +135,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.prompt is None:
             parser.error("the following arguments are required: prompt")
-        model = load_model(args.model, device=args.device)
+        backend = args.backend or ("nnsight" if args.remote else "transformer_lens")
+        model = load_model(args.model, device=args.device, backend=backend, remote=args.remote)
         result = run_lens(
-            model, args.prompt, top_k=args.top_k, targets=args.target, prepend_bos=args.prepend_bos, points=args.points
+            model,
+            args.prompt,
+            top_k=args.top_k,
+            targets=args.target,
+            prepend_bos=args.prepend_bos,
+            points=args.points,
+            progress=_status_to_stderr if args.remote else None,
         )
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)

@@ -20,13 +20,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from lens.errors import LensError
-from lens.model import LensModel
+from lens.model import LensModel, Progress
 from lens.result import LensResult
+
+if TYPE_CHECKING:
+    from lens.nnsight_backend import NnsightModel
 
 POINTS = ("resid_pre", "resid_mid", "resid_post")
 CHUNK_BYTES = 288 * 2**20  # ~750 cells of GPT-2: vocab-major matmuls run fastest with many cells
@@ -300,7 +304,7 @@ class _Scratch:
 
 
 def run_lens(
-    model: LensModel,
+    model: LensModel | NnsightModel,
     prompt: str,
     *,
     top_k: int = 10,
@@ -309,15 +313,32 @@ def run_lens(
     points: Sequence[str] = ("resid_post",),
     keep_unembed_input: bool = False,
     lens=None,
+    progress: Progress | None = None,
 ) -> LensResult:
     """Read the model's next-token distribution after every residual point of ``prompt``.
 
     ``prepend_bos=None`` follows the model's default. ``keep_unembed_input`` keeps the
     final-norm outputs in the result so :func:`retarget` can add targets without a
     forward pass. ``lens`` is a tuned lens; None reads the residual stream directly.
+    A model loaded with ``backend="nnsight"`` runs through lens/nnsight_backend.py;
+    ``progress`` then hears an NDIF job's status (queued, running).
     """
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise LensError(f"top_k must be a whole number of at least 1, not {top_k!r}.")
+    if not isinstance(model, LensModel):
+        from lens.nnsight_backend import run_lens_nnsight
+
+        return run_lens_nnsight(
+            model,
+            prompt,
+            top_k=top_k,
+            targets=targets,
+            prepend_bos=prepend_bos,
+            points=points,
+            keep_unembed_input=keep_unembed_input,
+            lens=lens,
+            progress=progress,
+        )
     token_ids = tokenize_prompt(model, prompt, prepend_bos)
     target_ids, target_names, warnings = resolve_targets(model, targets)
     rows = lens_rows(model, points)

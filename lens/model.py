@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
@@ -23,6 +24,9 @@ import torch
 from lens.architectures import check_architecture
 from lens.errors import LensError
 from lens.tokens import TokenNamer
+
+if TYPE_CHECKING:
+    from lens.nnsight_backend import NnsightModel
 
 DEFAULT_MODEL = "openai-community/gpt2"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
@@ -264,13 +268,28 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     device_map: str | dict | None = None,
     progress: Progress | None = None,
-) -> LensModel:
+    backend: str = "transformer_lens",
+    remote: bool = False,
+    api_key: str | None = None,
+) -> LensModel | NnsightModel:
     """Boot a hub id or a local Hugging Face folder, with the tokenizer from the same place.
 
     Remote code is never trusted. ``device`` and ``device_map`` go straight to
     TransformerLens (``device_map="auto"`` spreads a large model over several GPUs).
     ``progress(message, fraction_or_None)`` hears what is happening, for a UI to show.
+    ``backend="nnsight"`` wraps the model in nnsight instead (lens/nnsight_backend.py);
+    with ``remote=True`` it runs on NDIF, with ``api_key`` or NDIF_API_KEY.
     """
+    if backend == "nnsight":
+        from lens.nnsight_backend import load_nnsight_model
+
+        return load_nnsight_model(
+            name_or_path, remote=remote, api_key=api_key, device=device, dtype=dtype, progress=progress
+        )
+    if backend != "transformer_lens":
+        raise LensError(f"Unknown backend {backend!r}; choose 'transformer_lens' or 'nnsight'.")
+    if remote:
+        raise LensError("Remote runs go through nnsight: pass backend='nnsight' with remote=True.")
     report = progress or (lambda message, fraction: None)
     source, shown = resolve_model_source(name_or_path)
     try:

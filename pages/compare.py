@@ -6,7 +6,7 @@ import streamlit as st
 import lens
 from lens import charts
 from lens.compare import js_divergence, same_vocabulary, token_text
-from ui import cached, config, exports, lenses, page
+from ui import cached, config, exports, lenses, ndif, page
 
 page.run_through_app()
 st.title("Compare")
@@ -191,6 +191,8 @@ with right:
         )
     elif not all(same_vocabulary(models[reference], models[label]) for label in labels[1:]):
         st.info("The models use different vocabularies, so their guesses can't be compared token by token.")
+    elif any(ndif.is_remote(q.model_name) for q in runs.values()):
+        st.info("The per-layer divergence needs every row's full distribution, which stays on NDIF.")
     else:
         log_probs = {label: cached.last_log_probs(runs[label]) for label in labels}
         rows = []

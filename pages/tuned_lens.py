@@ -4,7 +4,7 @@ import streamlit as st
 
 from lens import charts
 from lens.tuned import train_tuned_lens, training_key
-from ui import cached, config, corpus_input, lenses, page
+from ui import cached, config, corpus_input, lenses, ndif, page
 
 page.run_through_app()
 st.title("Tuned lens")
@@ -18,6 +18,7 @@ with st.expander("What is a tuned lens?"):
     )
 
 s = page.settings()
+ndif.refuse_local_only(s.model_name, "Training a tuned lens")
 model = page.load_model(s.model_name)
 if model is None:
     st.stop()

@@ -14,6 +14,7 @@ import streamlit as st
 import lens
 from lens.compare import last_position_log_probs
 from lens.tuned import TunedLens
+from ui import ndif
 from ui.lenses import HUB_PREFIX
 
 TOP_K_COMPUTED = 20  # computed once; the top-k slider only slices it
@@ -31,8 +32,10 @@ class LensQuery(NamedTuple):
 
 
 @st.cache_resource(max_entries=2, show_spinner=False)
-def model(name: str, _progress=None) -> lens.LensModel:
+def model(name: str, _progress=None) -> lens.LensModel | lens.NnsightModel:
     """One shared model per name per process; the engine's lock serialises its runs."""
+    if ndif.is_remote(name):
+        return ndif.load(name, _progress)
     return lens.load_model(name, progress=_progress)
 
 
@@ -56,6 +59,22 @@ def lens_result(query: LensQuery) -> lens.LensResult:
         points=query.points,
         keep_unembed_input=True,
         lens=_lens(query.lens_source),
+    )
+
+
+@st.cache_data(max_entries=32, show_spinner=False)
+def ndif_result(query: LensQuery, targets: tuple[str | int, ...], _progress=None) -> lens.LensResult:
+    """A run on NDIF with its targets: the final-norm outputs stay there, so new targets mean a new run."""
+    runs["lens"] += 1
+    return lens.run_lens(
+        model(query.model_name),
+        query.prompt,
+        top_k=TOP_K_COMPUTED,
+        targets=list(targets),
+        prepend_bos=query.prepend_bos,
+        points=query.points,
+        lens=_lens(query.lens_source),
+        progress=_progress,
     )
 
 
@@ -89,6 +108,8 @@ def corpus(
     _progress=None,
 ):
     """Corpus statistics, cached by content; ``_progress`` hears (tokens done, expected, seconds left)."""
+    if ndif.is_remote(model_name):
+        raise lens.LensError(f"Corpus statistics {ndif.LOCAL_ONLY}")
     runs["corpus"] += 1
     return lens.corpus_stats(
         model(model_name),

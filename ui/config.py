@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lens
+from ui import ndif
 
 DEMO_LABEL = "Demo (offline)"
 # One small model per family the lens is proven exact on (lens/architectures.py), each
@@ -70,6 +71,8 @@ def model_choices(server: ServerLimits) -> list[str]:
 
 
 def model_label(model_id: str) -> str:
+    if ndif.is_remote(model_id):
+        return ndif.label(model_id)
     if model_id in CURATED_MODELS:
         return CURATED_MODELS[model_id]
     if model_id.startswith((".", "/", "~")):

@@ -18,7 +18,7 @@ import streamlit as st
 
 import lens
 from lens import charts
-from ui import cached, config, exports
+from ui import cached, config, exports, ndif
 from ui.sidebar import Settings
 
 T = TypeVar("T")
@@ -198,6 +198,9 @@ def check_length(model: lens.LensModel, q: cached.LensQuery) -> None:
 def run(model: lens.LensModel, q: cached.LensQuery, top_k: int) -> lens.LensResult:
     """The cached lens result for a query, its top-k sliced for display."""
     check_length(model, q)
+    if ndif.is_remote(q.model_name):
+        target = settings().target
+        return with_top_k(ndif.run(q, (target,) if target else ()), top_k)
     with st.spinner(f"Running the lens on {config.model_label(q.model_name)}…", show_time=True):
         result = cached.lens_result(q)
     return with_top_k(result, top_k)
@@ -245,7 +248,9 @@ def describe_target(model: lens.LensModel, s: Settings) -> None:
 
 
 def with_targets(q: cached.LensQuery, targets: Sequence[str | int], top_k: int) -> lens.LensResult:
-    """The result with these targets tracked, from the cache: never a new forward pass."""
+    """The result with these targets tracked, from the cache: never a new forward pass (on NDIF, a cached run)."""
+    if ndif.is_remote(q.model_name):
+        return with_top_k(ndif.run(q, tuple(targets)), top_k)
     return with_top_k(cached.with_targets(q, tuple(targets)), top_k)
 
 

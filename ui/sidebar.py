@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from ui import config, lenses
+from ui import config, lenses, ndif
 
 OTHER = "__other__"
 BOS_OPTIONS = {"default": "Model default", "on": "Always", "off": "Never"}
@@ -33,7 +33,7 @@ def _use_example() -> None:
 def render() -> Settings:
     """Draw the sidebar and return what it says."""
     server = config.limits()
-    choices = config.model_choices(server)
+    choices = [*config.model_choices(server), *ndif.choices(server.allowlist)]
     with st.sidebar:
         st.header("Model and prompt")
         picked = st.selectbox(
@@ -45,6 +45,8 @@ def render() -> Settings:
             help="Small models run quickly on a CPU. 'Demo (offline)' is bundled and needs no network.",
         )
         model_name = picked
+        if ndif.is_remote(picked):
+            ndif.note()
         if picked == OTHER:
             hint = "a Hugging Face id" + (" or a local folder" if server.allow_local else "")
             model_name = st.text_input(
