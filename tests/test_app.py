@@ -288,10 +288,12 @@ def test_new_prompt_drops_the_old_selection(app):
     assert app.query_params["cell"] == ["2,3"] or app.query_params["cell"] == "2,3"
     app.sidebar.text_area(key="prompt").set_value("One day, a little boy named Tom went to the park").run()
     assert_no_failure(app)
-    rows, positions = chart_data(charts(app)[0]).row.max(), chart_data(charts(app)[0]).position.max()
+    heatmap = chart_data(charts(app)[0])
+    rows, positions = heatmap.row.max(), heatmap.position.max()
+    last_token = heatmap[heatmap.position == positions].token.iloc[0]
     assert _outlined(app) == (rows, positions)
     assert app.selectbox(key="pick_row").value == rows and app.selectbox(key="pick_position").value == positions
-    assert _bars_title(app).endswith(f"after {positions} ␣park")
+    assert _bars_title(app) == f"after {positions} {last_token}" and "␣p" in set(heatmap.token)
 
 
 def _outlined(at: AppTest) -> tuple[int, int]:
