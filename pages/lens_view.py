@@ -44,7 +44,7 @@ row, position = page.selected_cell(result, page.query(ctx.settings), window)
 chart = charts.heatmap(result, metric, target=target, window=window, selected=(row, position))
 # The heatmap has the full width (one wider than the page scrolls inside its own frame, see
 # ui.page.style); the selected cell's details sit below it, never over it.
-page.selectable_heatmap(chart)
+page.selectable_heatmap(chart, (row, position))
 page.cell_picker(result, window, (row, position))
 st.altair_chart(charts.topk_bars(result, row, position), width="content")
 page.export_buttons(result, chart, "logit-lens")

@@ -369,8 +369,8 @@ def _link_cell(text: str, result: lens.LensResult, window: tuple[int, int]) -> t
     return row, position
 
 
-def _clicked() -> None:
-    picked = (st.session_state.get("heatmap") or {}).get("selection", {}).get(SELECTION_NAME) or []
+def _clicked(key: str) -> None:
+    picked = (st.session_state.get(key) or {}).get("selection", {}).get(SELECTION_NAME) or []
     if picked:
         st.session_state[CELL] = (int(picked[0]["row"]), int(picked[0]["position"]))
 
@@ -379,9 +379,16 @@ def _picked() -> None:
     st.session_state[CELL] = (int(st.session_state["pick_row"]), int(st.session_state["pick_position"]))
 
 
-def selectable_heatmap(chart: alt.TopLevelMixin) -> None:
-    """The heatmap; a click selects a cell (the same selection the keyboard picker drives)."""
-    st.altair_chart(chart, on_select=_clicked, selection_mode=SELECTION_NAME, key="heatmap", width="content")
+def selectable_heatmap(chart: alt.TopLevelMixin, cell: tuple[int, int]) -> None:
+    """The heatmap; a click selects a cell (the same selection the keyboard picker drives).
+
+    The chart's key names the cell: the browser keeps a chart's last click across reruns and
+    would outline it even after the picker or a new prompt chose another cell.
+    """
+    key = f"heatmap_{cell[0]}_{cell[1]}"
+    st.altair_chart(
+        chart, on_select=lambda: _clicked(key), selection_mode=SELECTION_NAME, key=key, width="content"
+    )
 
 
 def cell_picker(result: lens.LensResult, window: tuple[int, int], cell: tuple[int, int]) -> None:
