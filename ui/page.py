@@ -56,7 +56,7 @@ def run_through_app() -> None:
 CSS = """
 [data-testid=stVegaLiteChart] g.mark-text text { pointer-events: none; }
 [data-testid=stCaptionContainer], [data-testid=stWidgetLabel] p, [data-testid=stTooltipHoverTarget] svg,
-[data-testid=stMarkdownContainer] small { color: #3d3d45 !important; }
+[data-testid=stMarkdownContainer] small { color: #3d3d45 !important; opacity: 1 !important; }
 [data-testid=stBaseButton-segmented_controlActive] { background: #1d4f91 !important; color: #fff !important; }
 [data-testid=stBaseButton-segmented_controlActive] * { color: #fff !important; }
 a:focus-visible, button:focus-visible, [role=option]:focus-visible, input:focus-visible, textarea:focus-visible,
@@ -74,9 +74,24 @@ a:focus-visible, button:focus-visible, [role=option]:focus-visible, input:focus-
 """
 
 
+# A chart frame that scrolls sideways must be reachable by keyboard (Tab, then the arrow
+# keys scroll it): give every chart frame a tab stop and a name as it appears.
+FOCUSABLE_FRAMES = """
+if (!window.lensFramesWatched) {
+  window.lensFramesWatched = true;
+  const mark = () => document.querySelectorAll('[data-testid=stVegaLiteChart]:not([tabindex])').forEach(f => {
+    f.setAttribute('tabindex', '0');
+    f.setAttribute('aria-label', 'Chart (scroll sideways with the arrow keys when it is wider than the page)');
+  });
+  new MutationObserver(mark).observe(document.body, {childList: true, subtree: true});
+  mark();
+}
+"""
+
+
 def style() -> None:
-    """Page-wide CSS (see CSS): labels let clicks through, contrast, focus, tooltips, chart frames."""
-    st.html(f"<style>{CSS}</style>")
+    """Page-wide CSS and one constant script (see CSS, FOCUSABLE_FRAMES); no user text goes in."""
+    st.html(f"<style>{CSS}</style><script>{FOCUSABLE_FRAMES}</script>", unsafe_allow_javascript=True)
 
 
 def settings() -> Settings:
