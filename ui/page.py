@@ -51,8 +51,9 @@ def run_through_app() -> None:
 
 # High-contrast chrome: captions and the selected segmented button meet WCAG AA (4.5:1),
 # keyboard focus shows as a thick dark ring, tooltips are opaque, and every chart that is
-# wider than the main area scrolls inside its own frame, starting at its right end (the
-# prompt's last positions and the selected cell), so the page never scrolls sideways.
+# wider than the main area scrolls inside its own frame, so the page never scrolls sideways.
+# The Lens heatmap's frame starts at its right end: the prompt's last positions and the
+# default selected cell.
 CSS = """
 [data-testid=stVegaLiteChart] g.mark-text text { pointer-events: none; }
 [data-testid=stCaptionContainer], [data-testid=stWidgetLabel] p, [data-testid=stTooltipHoverTarget] svg,
@@ -67,8 +68,9 @@ a:focus-visible, button:focus-visible, [role=option]:focus-visible, input:focus-
 #vg-tooltip-element { background: #fff !important; opacity: 1 !important; color: #111 !important;
   border: 1px solid #555 !important; box-shadow: 0 2px 8px rgba(0,0,0,.35) !important; }
 [data-testid=stMain] [data-testid=stVerticalBlock] { min-width: 0; }
-[data-testid=stVegaLiteChart] { max-width: 100%; overflow-x: auto; overflow-y: hidden; direction: rtl; }
-[data-testid=stVegaLiteChart] > * { direction: ltr; }
+[data-testid=stVegaLiteChart] { max-width: 100%; overflow-x: auto; overflow-y: hidden; }
+[class*=st-key-heatmap_] [data-testid=stVegaLiteChart] { direction: rtl; }
+[class*=st-key-heatmap_] [data-testid=stVegaLiteChart] > * { direction: ltr; }
 [data-testid=stElementContainer]:has([data-testid=stVegaLiteChart]),
 [data-testid=stFullScreenFrame] { max-width: 100%; }
 """
