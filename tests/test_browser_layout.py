@@ -99,7 +99,7 @@ def test_layout_at_every_width(tab, page, prompt):
         if g["exceptions"]:
             problems.append(f"{where}: an exception is shown")
         if max(g["bodyScroll"], g["docScroll"]) > g["width"] or g["mainScrolls"]:
-            problems.append(f"{where}: the page scrolls sideways ({g['bodyScroll']} > {g['width']})")
+            problems.append(f"{where}: the page scrolls sideways ({g['bodyScroll']}, {g['docScroll']} > {g['width']})")
         for i, chart in enumerate(g["charts"]):
             if chart["left"] < g["main"]["left"] - 1 or chart["right"] > g["main"]["right"] + 1:
                 problems.append(f"{where}: chart {i} runs out of the main area {chart} {g['main']}")
