@@ -42,9 +42,12 @@ st.caption(f"Reads a start token first: {'yes' if result.prepend_bos else 'no'} 
 window = page.position_window(result, WINDOW) or (0, result.n_positions)
 row, position = page.selected_cell(result, page.query(ctx.settings), window)
 chart = charts.heatmap(result, metric, target=target, window=window, selected=(row, position))
-# The heatmap has the full width (one wider than the page scrolls inside its own frame, see
-# ui.page.style); the selected cell's details sit below it, never over it.
-page.selectable_heatmap(chart, (row, position))
-page.cell_picker(result, window, (row, position))
-st.altair_chart(charts.topk_bars(result, row, position), width="content")
+# A wrapping row (CSS in ui.page.style): the selected cell's details sit beside the heatmap
+# when both fit and below it otherwise, never over it; a heatmap wider than the page
+# scrolls inside its own frame.
+with st.container(key="lens_charts"):
+    page.selectable_heatmap(chart, (row, position))
+    with st.container(key="cell_details"):
+        page.cell_picker(result, window, (row, position))
+        st.altair_chart(charts.topk_bars(result, row, position), width="content")
 page.export_buttons(result, chart, "logit-lens")

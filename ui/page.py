@@ -71,6 +71,9 @@ a:focus-visible, button:focus-visible, [role=option]:focus-visible, input:focus-
 [data-testid=stVegaLiteChart] { max-width: 100%; overflow-x: auto; overflow-y: hidden; }
 [class*=st-key-heatmap_] [data-testid=stVegaLiteChart] { direction: rtl; }
 [class*=st-key-heatmap_] [data-testid=stVegaLiteChart] > * { direction: ltr; }
+.st-key-lens_charts { flex-direction: row !important; flex-wrap: wrap; align-items: flex-start; column-gap: 2rem; }
+.st-key-lens_charts > * { flex: 0 1 auto; width: auto !important; max-width: 100%; min-width: 0; }
+.st-key-cell_details { flex: 0 0 auto; width: 340px !important; max-width: 100%; }
 [data-testid=stElementContainer]:has([data-testid=stVegaLiteChart]),
 [data-testid=stFullScreenFrame] { max-width: 100%; }
 """
