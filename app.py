@@ -2,20 +2,31 @@
 
 import streamlit as st
 
-from ui import page, sidebar
-
 st.set_page_config(page_title="Logit lens", page_icon=":material/grid_on:", layout="wide")
 
-pages = st.navigation(
-    [
-        st.Page("pages/lens_view.py", title="Lens", icon=":material/grid_on:", default=True),
-        st.Page("pages/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
-        st.Page("pages/attribution.py", title="Attribution", icon=":material/account_tree:", url_path="attribution"),
-        st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
-        st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
-        st.Page("pages/tuned_lens.py", title="Tuned lens", icon=":material/tune:", url_path="tuned_lens"),
-    ]
-)
+PAGES = [
+    st.Page("pages/lens_view.py", title="Lens", icon=":material/grid_on:", default=True),
+    st.Page("pages/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
+    st.Page("pages/attribution.py", title="Attribution", icon=":material/account_tree:", url_path="attribution"),
+    st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
+    st.Page("pages/tuned_lens.py", title="Tuned lens", icon=":material/tune:", url_path="tuned_lens"),
+]
+# The page list is drawn here as links: .streamlit/config.toml turns off Streamlit's own
+# list, which its legacy pages/ folder mode would show (file names) before this line runs.
+pages = st.navigation(PAGES, position="hidden")
+with st.sidebar.container(key="nav"):
+    for target in PAGES:
+        st.page_link(target)
+# The first visit to a fresh server imports torch and TransformerLens (several seconds):
+# say so at once, with the navigation already drawn, instead of a blank page.
+starting = st.empty()
+starting.info("Starting the lens engine…", icon=":material/hourglass_top:")
+from ui import page, sidebar  # noqa: E402 - imported after the first paint, see above
+
+starting.empty()
 page.style()
 st.session_state["settings"] = sidebar.render()
+if st.session_state["settings"].model_name == "demo" and (note := st.session_state.get(sidebar.MODEL_NOTE)):
+    st.info(note, icon=":material/cloud_off:")
 pages.run()

@@ -13,14 +13,25 @@ from lens.compare import aligned_difference, relative_depths
 from lens.result import LensResult
 
 SELECTION = "cell"
+CELL_WIDTH = 54  # px per heatmap column: room for a short token label
 # Sizes below are of the plotting area; axes and legends are added around it (Streamlit's
 # default "fit" would squeeze the cells to make room for rotated token labels).
 PAD = alt.AutoSizeParams(type="pad")
 
 
+# Perceptually uniform, colour-blind-safe sequential scales (matplotlib's viridis, cividis
+# and plasma), as evenly spaced stops. The chart interpolates them in RGB, exactly as
+# fill_colors does, so each label's colour is chosen against the fill it really sits on.
+SCHEMES: dict[str, tuple[str, ...]] = {
+    "viridis": ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725"),
+    "cividis": ("#00224e", "#123570", "#3b496c", "#575d6d", "#707173", "#8a8678", "#a59c74", "#c3b369", "#fee838"),
+    "plasma": ("#0d0887", "#5302a3", "#8b0aa5", "#b83289", "#db5c68", "#f48849", "#febd2a", "#f0f921"),
+}
+
+
 @dataclass(frozen=True)
 class Metric:
-    """A quantity the heatmap can colour by."""
+    """A quantity the heatmap can colour by. ``log`` scales run from rank 1 (the bright end)."""
 
     key: str
     title: str
@@ -33,13 +44,70 @@ class Metric:
 METRICS: dict[str, Metric] = {
     m.key: m
     for m in (
-        Metric("top1_prob", "Top-1 probability", "blues", fixed_domain=(0.0, 1.0)),
-        Metric("entropy", "Entropy (nats)", "purples"),
-        Metric("kl_to_final", "KL to final output (nats)", "oranges"),
-        Metric("target_prob", "Target probability", "greens", needs_target=True, fixed_domain=(0.0, 1.0)),
-        Metric("target_rank", "Target rank (log scale)", "greens", log=True, needs_target=True),
+        Metric("top1_prob", "Top-1 probability", "viridis", fixed_domain=(0.0, 1.0)),
+        Metric("entropy", "Entropy (nats)", "cividis"),
+        Metric("kl_to_final", "KL to final output (nats)", "plasma"),
+        Metric("target_prob", "Target probability", "viridis", needs_target=True, fixed_domain=(0.0, 1.0)),
+        Metric("target_rank", "Target rank (log scale)", "viridis", log=True, needs_target=True),
     )
 }
+
+
+def default_domain(metric: Metric, values: np.ndarray) -> tuple[float, float]:
+    """The values the colour scale spans: the metric's fixed range, or 0 (rank 1) to the largest value."""
+    if metric.fixed_domain is not None:
+        return metric.fixed_domain
+    if metric.log:
+        return 1.0, max(float(np.max(values, initial=1.0)), 2.0)
+    return 0.0, max(float(np.max(values, initial=0.0)), 1e-9)
+
+
+def _scale_stops(metric: Metric, domain: tuple[float, float]) -> list[float]:
+    """Domain values of the scheme's stops (log-spaced for ranks, which run reversed)."""
+    n = len(SCHEMES[metric.scheme])
+    low, high = domain
+    if metric.log:
+        return [float(v) for v in np.geomspace(high, low, n)]
+    return [float(v) for v in np.linspace(low, high, n)]
+
+
+def fill_colors(values: np.ndarray, metric: Metric, domain: tuple[float, float]) -> np.ndarray:
+    """Each value's fill as [n, 3] RGB in 0..255, computed as Vega's piecewise RGB scale does."""
+    stops = np.asarray([_hex_rgb(c) for c in SCHEMES[metric.scheme]], dtype=float)
+    low, high = domain
+    values = np.asarray(values, dtype=float)
+    if metric.log:
+        position = (np.log(np.maximum(values, low)) - np.log(low)) / (np.log(high) - np.log(low))
+        position = 1 - position
+    else:
+        position = (values - low) / (high - low)
+    scaled = np.clip(position, 0, 1) * (len(stops) - 1)
+    index = np.minimum(np.floor(scaled).astype(int), len(stops) - 2)
+    fraction = (scaled - index)[:, None]
+    return np.rint(stops[index] + (stops[index + 1] - stops[index]) * fraction)
+
+
+def _hex_rgb(color: str) -> tuple[int, int, int]:
+    return int(color[1:3], 16), int(color[3:5], 16), int(color[5:7], 16)
+
+
+def relative_luminance(rgb: np.ndarray) -> np.ndarray:
+    """WCAG 2 relative luminance of [n, 3] sRGB colours in 0..255."""
+    channel = np.asarray(rgb, dtype=float) / 255
+    linear = np.where(channel <= 0.04045, channel / 12.92, ((channel + 0.055) / 1.055) ** 2.4)
+    return linear @ np.array([0.2126, 0.7152, 0.0722])
+
+
+def contrast_ratio(luminance_a: np.ndarray, luminance_b: np.ndarray | float) -> np.ndarray:
+    light, dark = np.maximum(luminance_a, luminance_b), np.minimum(luminance_a, luminance_b)
+    return (light + 0.05) / (dark + 0.05)
+
+
+def label_colors(fills: np.ndarray) -> np.ndarray:
+    """Black or white, whichever contrasts more with each fill (one of them always reaches 4.58:1)."""
+    luminance = relative_luminance(fills)
+    white_wins = contrast_ratio(luminance, 1.0) >= contrast_ratio(luminance, 0.0)
+    return np.where(white_wins, "white", "black")
 
 
 def metric_values(result: LensResult, metric: str, target: int | None = None) -> np.ndarray:
@@ -60,9 +128,17 @@ def column_labels(result: LensResult) -> list[str]:
 
 
 def heatmap_frame(
-    result: LensResult, metric: str, target: int | None = None, window: tuple[int, int] | None = None
+    result: LensResult,
+    metric: str,
+    target: int | None = None,
+    window: tuple[int, int] | None = None,
+    domain: tuple[float, float] | None = None,
 ) -> pd.DataFrame:
-    """One row per visible cell: its place, top-1 token, metric value and top-k for the tooltip."""
+    """One row per visible cell: its place, top-1 token, metric value, label colour and top-k for the tooltip.
+
+    The colour scale spans the whole result (``domain``, or the metric's own), so moving
+    the window never recolours a cell.
+    """
     start, stop = window or (0, result.n_positions)
     frame = result.to_frame()
     frame = frame[(frame.position >= start) & (frame.position < stop)].copy()
@@ -74,18 +150,11 @@ def heatmap_frame(
         frame[f"top {k + 1}"] = [
             f"{tok}  {p:.1%}" for tok, p in zip(frame[f"top{k + 1}_token"], frame[f"top{k + 1}_prob"], strict=True)
         ]
-    frame["shade"] = _shade(frame["value"].to_numpy(), METRICS[metric], result)
-    keep = ["row", "layer", "position", "column", "token", "top1", "value", "shade"]
+    info = METRICS[metric]
+    fills = fill_colors(frame["value"].to_numpy(), info, domain or default_domain(info, values))
+    frame["label_color"] = label_colors(fills)
+    keep = ["row", "layer", "position", "column", "token", "top1", "value", "label_color"]
     return frame[keep + [f"top {k + 1}" for k in range(result.top_k)]].reset_index(drop=True)
-
-
-def _shade(values: np.ndarray, metric: Metric, result: LensResult) -> np.ndarray:
-    """Where each value sits between the light (0) and dark (1) ends of the colour scale."""
-    if metric.log:  # ranks: rank 1 is the dark end
-        top = max(float(np.log(max(values.max(), 2))), 1e-9)
-        return 1 - np.log(np.maximum(values, 1)) / top
-    low, high = metric.fixed_domain or (0.0, max(float(values.max()), 1e-9))
-    return np.clip((values - low) / (high - low), 0, 1)
 
 
 def heatmap(
@@ -105,15 +174,11 @@ def heatmap(
     position) and ``selected`` is outlined; charts drawn together must not all be selectable.
     """
     info = METRICS[metric]
-    frame = heatmap_frame(result, metric, target, window)
-    rows_top_down = list(reversed(result.layers))
-    columns = list(frame.drop_duplicates("position").sort_values("position").column)
-    domain = color_domain or info.fixed_domain
-    scale_options = {"scheme": info.scheme, "type": "log" if info.log else "linear", "reverse": info.log}
-    if domain is not None:
-        scale_options["domain"] = list(domain)
+    domain = color_domain or default_domain(info, metric_values(result, metric, target))
     initial = {"value": [{"row": selected[0], "position": selected[1]}]} if selected is not None else {}
     pick = alt.selection_point(name=SELECTION, fields=["row", "position"], on="click", toggle=False, **initial)
+    frame = heatmap_frame(result, metric, target, window, domain)
+    columns = list(frame.drop_duplicates("position").sort_values("position").column)
     tooltip = [
         alt.Tooltip("token:N", title="input token"),
         alt.Tooltip("layer:N", title="layer"),
@@ -126,29 +191,37 @@ def heatmap(
         title="input token (position)",
         axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
     )
-    y = alt.Y("layer:O", sort=rows_top_down, title="layer")
+    y = alt.Y("layer:O", sort=list(reversed(result.layers)), title="layer")
     base = alt.Chart().encode(x=x, y=y)  # data goes on the layer: Altair hashes per-layer frames slowly
-    color = alt.Color(
-        "value:Q",
-        title=info.title,
-        scale=alt.Scale(**scale_options),
-        legend=alt.Legend(orient="top", gradientLength=220),
+    scale = alt.Scale(
+        type="log" if info.log else "linear",
+        domain=_scale_stops(info, domain),
+        range=list(SCHEMES[info.scheme]),
+        interpolate="rgb",
+        clamp=True,
+        nice=False,
+        zero=False,
     )
+    color = alt.Color("value:Q", title=info.title, scale=scale, legend=alt.Legend(orient="top", gradientLength=220))
     cells = base.mark_rect(stroke="white", strokeWidth=0.5).encode(color=color, tooltip=tooltip)
-    labels = base.mark_text(fontSize=11, limit=70).encode(
-        text="top1:N",
-        color=alt.condition(alt.datum.shade > 0.55, alt.value("white"), alt.value("black")),
-        tooltip=tooltip,
+    labels = base.mark_text(fontSize=11, limit=CELL_WIDTH - 4).encode(
+        text="top1:N", fill=alt.Fill("label_color:N", scale=None), tooltip=tooltip
     )
+    layers = [cells, labels]
     if selectable:
         # Labels sit on top of their cells; pages make them transparent to the pointer
-        # (CSS in ui.page.style) so a click anywhere in a cell reaches the cell.
-        cells = cells.encode(
-            strokeWidth=alt.condition(pick, alt.value(2.5), alt.value(0.5)),
-            stroke=alt.condition(pick, alt.value("#d62728"), alt.value("white")),
-        ).add_params(pick)
-    chart = alt.layer(cells, labels, data=frame)
-    width = max(300, 52 * len(columns))
+        # (CSS in ui.page.style) so a click anywhere in a cell reaches the cell. The
+        # selected cell gets a black and white double outline, visible on every fill.
+        cells = cells.add_params(pick)
+        outline = base.transform_filter(pick)
+        layers = [
+            cells,
+            labels,
+            outline.mark_rect(fill=None, stroke="black", strokeWidth=4),
+            outline.mark_rect(fill=None, stroke="white", strokeWidth=1.5),
+        ]
+    chart = alt.layer(*layers, data=frame)
+    width = max(300, CELL_WIDTH * len(columns))
     height = max(120, 26 * result.n_rows)
     return chart.properties(width=width, height=height, title=title or "", autosize=PAD)
 

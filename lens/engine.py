@@ -106,11 +106,22 @@ def tokenize_target(model: LensModel, target: str | int) -> list[int]:
 
 
 def resolve_targets(model: LensModel, targets: Sequence[str | int]) -> tuple[list[int], list[str], list[str]]:
-    """Ids, shown names and warnings for the targets; several-token targets use their first token."""
+    """Ids, shown names and warnings for the targets; several-token targets use their first token.
+
+    A word typed without its leading space ("Lily") that splits into several tokens is
+    read as its one-token spaced form (" Lily") when there is one: that is what people mean.
+    """
     ids, names, warnings = [], [], []
     for target in targets:
         pieces = tokenize_target(model, target)
-        if len(pieces) > 1:
+        spaced = tokenize_target(model, " " + target) if isinstance(target, str) and len(pieces) > 1 else []
+        if len(spaced) == 1 and not target[:1].isspace():
+            warnings.append(
+                f"Target {target!r} is {len(pieces)} tokens without a leading space; the lens follows the "
+                f"one-token {model.token_name(spaced[0])!r} instead."
+            )
+            pieces = spaced
+        elif len(pieces) > 1:
             shown = " + ".join(model.token_name(p) for p in pieces)
             warnings.append(
                 f"Target {target!r} is {len(pieces)} tokens ({shown}); the lens tracks its first token, "

@@ -74,9 +74,15 @@ class LensModel:
     def d_vocab(self) -> int:
         return int(self.unembed_weight.shape[1])
 
-    @property
+    @cached_property
     def default_prepend_bos(self) -> bool:
-        return bool(getattr(self.cfg, "default_prepend_bos", True)) and self.tokenizer.bos_token_id is not None
+        """Whether the tokenizer itself starts a text with BOS: Llama's does, GPT-2's doesn't.
+
+        TransformerLens's cfg.default_prepend_bos is True for GPT-2 too, unlike the model's
+        own tokenizer and the seed notebook, which changes every first-position reading.
+        """
+        bos = self.tokenizer.bos_token_id
+        return bos is not None and list(self.tokenizer("x")["input_ids"][:1]) == [bos]
 
     @property
     def softcap(self) -> float | None:

@@ -6,19 +6,22 @@ from lens import charts
 from lens.attribution import token_text
 from ui import page
 
-WINDOW = 12
+WINDOW = 16
 
 page.run_through_app()
-st.title("Logit lens")
+settings = page.settings()
+lens_name = "Tuned lens" if settings.lens_source else "Logit lens"
+st.title(lens_name)
 with st.expander("What am I looking at?"):
     st.markdown(
         "A language model reads your prompt one token at a time and, at every position, guesses the **next** "
         "token. It does so in stages (layers). The *logit lens* asks each layer: *if you had to answer now, "
-        "what would you say?*\n\n"
+        "what would you say?* (A *tuned lens* first passes each layer through a small learned translator.)\n\n"
         "- **Columns** are the tokens of your prompt (␣ marks a space).\n"
         "- **Rows** are layers, from the first (bottom) to the model's real output (top).\n"
         "- **Each cell** shows that layer's best guess for the token that comes *after* its column; "
-        "the colour shows the measure you pick below. Hover for the top guesses, click a cell for a bar chart."
+        "the colour shows the measure you pick below. Hover for the top guesses; click a cell, or pick it "
+        "with the layer and position boxes, for its bar chart."
     )
 
 ctx = page.context()
@@ -34,17 +37,20 @@ if charts.METRICS[metric].needs_target:
         metric = "top1_prob"
 for warning in result.warnings:
     st.warning(warning)
+default_bos = "the tokenizer's default" if ctx.settings.prepend_bos is None else "set in More settings"
+st.caption(f"Reads a start token first: {'yes' if result.prepend_bos else 'no'} ({default_bos}).")
 
-window = page.position_window(result, WINDOW)
-default_cell = (result.n_rows - 1, result.n_positions - 1)
-row, position = page.selected_cell(result, default_cell)
+window = page.position_window(result, WINDOW) or (0, result.n_positions)
+row, position = page.selected_cell(result, page.query(ctx.settings), window)
 chart = charts.heatmap(result, metric, target=target, window=window, selected=(row, position))
-left, right = st.columns([5, 2])
-with left:
-    event = st.altair_chart(chart, on_select="rerun", selection_mode=charts.SELECTION, key="heatmap", width="content")
-    page.remember_cell(event)
-with right:
-    st.altair_chart(charts.topk_bars(result, *page.selected_cell(result, default_cell)), width="content")
+# A wrapping row (CSS in ui.page.style): the selected cell's details sit beside the heatmap
+# when both fit and below it otherwise, never over it; a heatmap wider than the page
+# scrolls inside its own frame.
+with st.container(key="lens_charts"):
+    page.selectable_heatmap(chart, (row, position))
+    with st.container(key="cell_details"):
+        page.cell_picker(result, window, (row, position))
+        st.altair_chart(charts.topk_bars(result, row, position), width="content")
 if st.button("Why this token?", key="why", help="Which layers, heads and MLPs put the selected cell's top guess there"):
     cell = {"attr_row": result.layers[row], "attr_position": charts.column_labels(result)[position]}
     cell["attr_target"] = token_text(ctx.model, int(result.top_ids[row, position, 0]))

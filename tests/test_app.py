@@ -48,18 +48,23 @@ def test_lens_page_heatmap_holds_the_engine_top1(app, stories):
     expected = run_lens(stories, STORY, top_k=5)
     for row, position, top1 in heatmap[["row", "position", "top1"]].itertuples(index=False):
         assert top1 == expected.top_tokens[row, position, 0]
-    assert set(heatmap.position) == set(range(expected.n_positions - 12, expected.n_positions))  # the window
+    assert set(heatmap.position) == set(range(expected.n_positions))  # 14 tokens: all shown, no window
     top_bars = chart_data(charts(app)[1])
     assert top_bars.token.iloc[0] == "␣Lily"
 
 
+LONG_STORY = STORY + " Lily. She had a big red ball and a little dog named Max."
+
+
 def test_switching_metric_window_and_target_never_reruns_the_model(app, stories):
+    app.query_params["prompt"] = LONG_STORY
     app.run()
     runs_before = cached.runs["lens"]
     app.selectbox(key="metric").set_value("entropy").run()
     assert_no_failure(app)
     heatmap = chart_data(charts(app)[0])
-    expected = run_lens(stories, STORY)
+    expected = run_lens(stories, LONG_STORY)
+    assert expected.n_positions > 16  # long enough for the window
     for row, position, value in heatmap[["row", "position", "value"]].itertuples(index=False):
         assert np.isclose(value, expected.entropy[row, position], atol=1e-6)
     app.slider(key="window").set_value((0, 11)).run()
@@ -261,17 +266,103 @@ def test_tuned_lens_without_any_lens_explains(app, lens_cache):
     assert any("No tuned lens for this model yet" in c.value for c in app.sidebar.caption)
 
 
-def test_offline_start_falls_back_to_the_demo_in_one_click(monkeypatch):
-    """No LENS_DEFAULT_MODEL and no hub: the app starts on GPT-2, fails fast, and one click reaches a heatmap."""
+def test_offline_start_opens_on_the_demo_with_a_note(monkeypatch):
+    """No LENS_DEFAULT_MODEL and no hub: the app opens on the demo at once and says why, with no error."""
     monkeypatch.delenv("LENS_DEFAULT_MODEL", raising=False)
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
     at.run()
-    assert not at.exception
-    assert any("Could not download model 'openai-community/gpt2'" in e.value for e in at.error)
-    at.button(key="use_demo").click().run()
     assert_no_failure(at)
+    assert at.selectbox(key="model").value == "demo"
+    notes = [i.value for i in at.info if "couldn't be downloaded" in i.value]
+    assert len(notes) == 1 and "GPT-2 small" in notes[0] and "LENS_DEFAULT_MODEL" in notes[0]
     heatmap = chart_data(charts(at)[0])
     assert heatmap.layer.nunique() == 6 and heatmap.top1.str.len().min() > 0
+
+
+def test_new_prompt_drops_the_old_selection(app):
+    """A cell picked on one prompt must not follow to the next: the details belong to the outlined cell."""
+    app.run()
+    app.selectbox(key="pick_row").set_value(2).run()
+    app.selectbox(key="pick_position").set_value(3).run()
+    assert _outlined(app) == (2, 3) and _bars_title(app).endswith("after 3 ␣a")
+    assert app.query_params["cell"] == ["2,3"] or app.query_params["cell"] == "2,3"
+    app.sidebar.text_area(key="prompt").set_value("One day, a little boy named Tom went to the park").run()
+    assert_no_failure(app)
+    heatmap = chart_data(charts(app)[0])
+    rows, positions = heatmap.row.max(), heatmap.position.max()
+    last_token = heatmap[heatmap.position == positions].token.iloc[0]
+    assert _outlined(app) == (rows, positions)
+    assert app.selectbox(key="pick_row").value == rows and app.selectbox(key="pick_position").value == positions
+    assert _bars_title(app) == f"after {positions} {last_token}" and "␣p" in set(heatmap.token)
+
+
+def _outlined(at: AppTest) -> tuple[int, int]:
+    """The cell the heatmap draws outlined: its selection parameter's value in the spec."""
+    spec = json.loads(charts(at)[0].proto.spec)
+    params = spec.get("params", []) + [p for layer in spec["layer"] for p in layer.get("params", [])]
+    value = next(p for p in params if p["name"] == "cell")["value"][0]
+    return value["row"], value["position"]
+
+
+def _bars_title(at: AppTest) -> str:
+    title = json.loads(charts(at)[1].proto.spec)["title"]
+    return title["subtitle"]
+
+
+def test_link_with_ids_and_a_cell(app):
+    """Hand-written ids (not display labels) and the selected cell are taken from the link."""
+    app.query_params.update({"model": "demo", "metric": "target_prob", "target": " LORD", "cell": "3,2"})
+    app.query_params["prompt"] = "Therefore thus saith the"
+    app.run()
+    assert_no_failure(app)
+    assert not app.warning
+    assert app.selectbox(key="model").value == "demo"
+    assert app.selectbox(key="metric").value == "target_prob"
+    heatmap = chart_data(charts(app)[0])
+    assert heatmap.layer.nunique() == 6  # the demo, not the server's default model
+    assert _outlined(app) == (3, 2)
+    assert app.selectbox(key="pick_row").value == 3 and app.selectbox(key="pick_position").value == 2
+
+
+@pytest.mark.parametrize(
+    ("params", "shown"),
+    [({"metric": "no_such_metric"}, "no_such_metric"), ({"bos": "sometimes"}, "sometimes"), ({"cell": "x"}, "'x'")],
+)
+def test_unusable_link_values_warn(app, params, shown):
+    app.query_params.update(params)
+    app.run()
+    assert not app.exception
+    assert any(shown in w.value and "link" in w.value for w in app.warning), [w.value for w in app.warning]
+    assert charts(app)  # the page still draws, on the default
+
+
+def test_link_with_an_unlisted_model_id_becomes_a_typed_model(app):
+    app.query_params.update({"model": "nobody/no-such-model"})
+    app.run()
+    assert app.selectbox(key="model").value == "__other__"
+    assert app.text_input(key="model_id").value == "nobody/no-such-model"
+    assert any("Could not download" in e.value for e in app.error)
+
+
+def test_other_model_id_starts_with_a_hint_not_an_error(app):
+    app.query_params.update({"model": "Other model id…"})
+    app.run()
+    assert not app.exception and not app.error
+    assert any("Type a model id" in i.value for i in app.info)
+
+
+def test_title_names_the_tuned_lens_and_the_start_token(app, stories, lens_cache):
+    from lens.tuned import train_tuned_lens
+    from ui import lenses
+
+    app.run()
+    assert app.title[0].value == "Logit lens"
+    assert any("Reads a start token first: yes (the tokenizer's default)" in c.value for c in app.caption)
+    trained = train_tuned_lens(stories, [STORY + " She had a red ball."] * 3, steps=10, window=16, seed=0)
+    trained.save(lenses.trained_folder(stories.name, "title-lens"))
+    app.segmented_control(key="lens_kind").set_value("tuned").run()
+    assert_no_failure(app)
+    assert app.title[0].value == "Tuned lens"
 
 
 def test_cli_demo_model(capsys):

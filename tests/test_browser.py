@@ -1,107 +1,61 @@
-"""A real browser on a real server: type, hover, click, switch pages, download.
+"""A real browser on a real server (stories260K): type, hover, click, pick, switch pages, reopen links.
 
-Runs last (see conftest). Screenshots of every page go to artifacts/screenshots/.
+Runs last (see conftest). Screenshots go to artifacts/screenshots/.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-
 import pandas as pd
 import pytest
 
-from tests.conftest import ROOT, STORIES, require_shared
+from tests.browser_support import chromium, shoot, streamlit_server, wait_idle
+from tests.conftest import STORIES, require_shared
 
 pytestmark = pytest.mark.browser
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-SHOTS = ROOT / "artifacts" / "screenshots"
 STORY = "Once upon a time, there was a little girl named"
-
-
-def _need(condition: bool, reason: str) -> None:
-    if not condition:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the browser test: {reason}")
-        pytest.skip(reason)
 
 
 @pytest.fixture(scope="module")
 def server():
     require_shared()
-    _need(shutil.which(CHROMIUM) is not None, f"needs Debian's chromium at {CHROMIUM}")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "LENS_DEFAULT_MODEL": str(STORIES), "HF_HUB_OFFLINE": "1"}
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--server.headless",
-            "true",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not start within 60 s")
-    yield url
-    process.terminate()
-    process.wait(timeout=20)
+    with streamlit_server({"LENS_DEFAULT_MODEL": str(STORIES)}) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
-def page(server):
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        tab = browser.new_page(viewport={"width": 1500, "height": 1400}, accept_downloads=True)
-        tab.goto(server)
-        tab.wait_for_selector("[data-testid=stApp][data-test-connection-state=CONNECTED]", timeout=60_000)
-        yield tab
-        browser.close()
+def browser(server):
+    with chromium() as browser:
+        yield browser
 
 
-def shoot(tab, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    tab.screenshot(path=str(SHOTS / f"{name}.png"))
+@pytest.fixture(scope="module")
+def page(server, browser):
+    tab = browser.new_page(viewport={"width": 1500, "height": 1400}, accept_downloads=True)
+    tab.goto(server)
+    tab.wait_for_selector("[data-testid=stApp][data-test-connection-state=CONNECTED]", timeout=60_000)
+    yield tab
+    tab.close()
 
 
 def heatmap(tab):
     return tab.locator("[data-testid=stVegaLiteChart]").first
+
+
+def heatmap_state(tab) -> dict:
+    """What the heatmap shows: every cell's fill, every label, and the outlined cell's box."""
+    chart = heatmap(tab)
+    return {
+        "fills": chart.locator("g.mark-rect").first.locator("path").evaluate_all(
+            "els => els.map(e => e.getAttribute('fill'))"
+        ),
+        "labels": chart.locator("g.mark-text text").evaluate_all("els => els.map(e => e.textContent)"),
+        "outlined": chart.locator("g.mark-rect").nth(1).locator("path").evaluate_all(
+            "els => els.map(e => e.getAttribute('transform') + e.getAttribute('d'))"
+        ),
+        "bars": tab.locator("[data-testid=stVegaLiteChart]").nth(1).locator("text").evaluate_all(
+            "els => els.map(e => e.textContent)"
+        ),
+    }
 
 
 def test_type_prompt_and_see_the_heatmap(page):
@@ -109,8 +63,8 @@ def test_type_prompt_and_see_the_heatmap(page):
     prompt.fill(STORY)
     prompt.press("Control+Enter")
     heatmap(page).get_by_text("␣Lily").first.wait_for(timeout=60_000)
-    assert heatmap(page).locator("g.mark-rect path").count() >= 5 * 12
-    page.wait_for_timeout(500)
+    assert heatmap(page).locator("g.mark-rect").first.locator("path").count() >= 5 * 12
+    wait_idle(page)
     shoot(page, "1-lens")
 
 
@@ -122,12 +76,56 @@ def test_hover_shows_top_k_and_click_shows_bars(page):
     tooltip = page.locator("#vg-tooltip-element")
     tooltip.wait_for(state="visible", timeout=10_000)
     assert "top 1" in tooltip.inner_text() and "%" in tooltip.inner_text()
+    background = tooltip.evaluate("e => getComputedStyle(e).backgroundColor")
+    assert background in ("rgb(255, 255, 255)", "rgba(255, 255, 255, 1)")  # opaque
     first.click()
     bars = page.locator("[data-testid=stVegaLiteChart]").nth(1)
     bars.get_by_text("Top 5: L4 (output)").wait_for(state="detached", timeout=20_000)
+    wait_idle(page)
     title = bars.locator("text").evaluate_all("els => els.map(e => e.textContent)")
     assert any(t.startswith("Top 5: L") for t in title) and not any("(output)" in t for t in title)
+    # The keyboard picker follows the click, and the link holds the cell.
+    layer = page.get_by_role("combobox", name="Cell: layer").input_value()
+    assert f"Top 5: {layer}" in title, (layer, title)
+    assert "cell=" in page.url
     shoot(page, "2-lens-clicked")
+
+
+def test_keyboard_picker_selects_a_cell_and_focus_is_visible(page):
+    picker = page.get_by_role("combobox", name="position")
+    picker.focus()
+    ring = picker.evaluate("e => [getComputedStyle(e).outlineStyle, parseFloat(getComputedStyle(e).outlineWidth)]")
+    assert ring[0] == "solid" and ring[1] >= 2, ring
+    page.keyboard.type("1 ␣Once")
+    page.keyboard.press("Enter")
+    wait_idle(page)
+    subtitle = page.locator("[data-testid=stVegaLiteChart]").nth(1).locator("text").evaluate_all(
+        "els => els.map(e => e.textContent)"
+    )
+    assert "after 1 ␣Once" in subtitle, subtitle
+    assert "cell=0%2C1" in page.url, page.url
+    link = page.locator("[data-testid=stPageLink-NavLink]").nth(1)
+    link.focus()
+    outline = link.evaluate("e => [getComputedStyle(e).outlineStyle, parseFloat(getComputedStyle(e).outlineWidth)]")
+    assert outline[0] == "solid" and outline[1] >= 2, outline
+
+
+def test_link_reopens_the_same_view(page, browser):
+    """A saved URL, opened in a fresh browser context, shows the same heatmap and the same cell."""
+    page.locator("[data-testid=stSelectbox]", has_text="Colour by").click()
+    page.get_by_role("option", name="Entropy (nats)").click()
+    wait_idle(page)
+    before = heatmap_state(page)
+    url = page.url
+    assert "cell=" in url and "metric=" in url
+    context = browser.new_context(viewport={"width": 1500, "height": 1400})
+    fresh = context.new_page()
+    fresh.goto(url)
+    heatmap(fresh).get_by_text("␣Lily").first.wait_for(timeout=60_000)
+    wait_idle(fresh)
+    after = heatmap_state(fresh)
+    context.close()
+    assert after == before, url
 
 
 def test_download_csv(page, tmp_path):
@@ -141,16 +139,31 @@ def test_download_csv(page, tmp_path):
 
 
 def test_switch_pages(page):
-    page.locator("[data-testid=stSidebarNavLink]", has_text="Trajectories").click()
+    page.locator("[data-testid=stPageLink-NavLink]", has_text="Trajectories").click()
     page.get_by_text("Token trajectories").wait_for(timeout=30_000)
     page.locator("[data-testid=stVegaLiteChart]").first.get_by_text("␣Lily").first.wait_for(timeout=60_000)
     page.locator("[data-testid=stDataFrame]").first.wait_for(timeout=30_000)
-    page.wait_for_timeout(1500)  # let the token picker and table finish drawing before the screenshot
+    wait_idle(page)
     shoot(page, "3-trajectories")
-    page.locator("[data-testid=stSidebarNavLink]", has_text="Compare").click()
+    page.locator("[data-testid=stPageLink-NavLink]", has_text="Compare").click()
     page.get_by_text("Jensen–Shannon divergence, last position").first.wait_for(timeout=60_000)
     assert page.locator("[data-testid=stVegaLiteChart]").count() == 5  # two heatmaps, difference, two line charts
-    page.set_viewport_size({"width": 1500, "height": 2600})
-    page.wait_for_timeout(500)
-    shoot(page, "4-compare")
+    wait_idle(page)
+    shoot(page, "4-compare", full=True)
     assert "prompt=" in page.url  # the view lives in the URL
+
+
+def test_first_contact_draws_no_legacy_page_list(server, browser):
+    """A fresh session on a sub-page URL never shows Streamlit's file-name page list."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    seen = []
+    tab.goto(f"{server}/dataset")
+    for _ in range(20):
+        seen.append(tab.locator("[data-testid=stSidebarNav]").count())
+        tab.wait_for_timeout(150)
+    wait_idle(tab)
+    links = tab.locator("[data-testid=stPageLink-NavLink]").all_inner_texts()
+    context.close()
+    assert not any(seen), "Streamlit's own page list was drawn"
+    assert [t.split("\n")[-1] for t in links] == ["Lens", "Trajectories", "Attribution", "Compare", "Dataset", "Tuned lens"]

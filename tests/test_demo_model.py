@@ -72,7 +72,7 @@ def test_lens_last_row_is_the_model_output(lens_model, hf_model):
     from lens import run_lens
 
     assert lens_model.name == "demo"
-    result = run_lens(lens_model, PROMPT, top_k=10, keep_unembed_input=True)
+    result = run_lens(lens_model, PROMPT, top_k=10, keep_unembed_input=True, prepend_bos=True)  # trained after BOS
     assert result.token_ids[0] == 0 and len(result.layers) == hf_model.config.n_layer
     with torch.no_grad():
         logits = hf_model(input_ids=torch.tensor([result.token_ids])).logits[0].float()
@@ -129,7 +129,7 @@ def test_predictable_heldout_phrase(lens_model, hf_model, tokenizer, metrics):
         greedy = int(hf_model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
     assert tokenizer.decode([greedy]) == expected
 
-    result = run_lens(lens_model, prompt, top_k=3, targets=[expected])
+    result = run_lens(lens_model, prompt, top_k=3, targets=[expected], prepend_bos=True)
     assert result.token_ids == ids
     assert result.top_ids[-1, -1, 0] == greedy
     assert result.target_ranks[0, -1, -1] == 1

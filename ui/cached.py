@@ -90,14 +90,6 @@ def last_log_probs(query: LensQuery):
     return last_position_log_probs(model(query.model_name), lens_result(query))
 
 
-@st.cache_data(max_entries=256, show_spinner=False)
-def target_tokens(model_name: str, text: str) -> tuple[list[int], list[str]]:
-    """How a typed target tokenizes: its ids and their readable names."""
-    m = model(model_name)
-    ids = lens.tokenize_target(m, text)
-    return ids, m.token_name.many(ids)
-
-
 @st.cache_data(max_entries=16, show_spinner=False)
 def corpus(
     model_name: str,

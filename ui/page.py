@@ -18,10 +18,11 @@ import streamlit as st
 
 import lens
 from lens import charts
-from ui import cached, config, exports, ndif
+from ui import cached, config, exports, links, ndif
 from ui.sidebar import Settings
 
 T = TypeVar("T")
+SELECTION_NAME = charts.SELECTION
 Report = Callable[..., None]  # report(message, fraction or None, value=None)
 
 
@@ -49,9 +50,54 @@ def run_through_app() -> None:
         st.stop()
 
 
+# High-contrast chrome: captions and the selected segmented button meet WCAG AA (4.5:1),
+# keyboard focus shows as a thick dark ring, tooltips are opaque, and every chart that is
+# wider than the main area scrolls inside its own frame, so the page never scrolls sideways.
+# The Lens heatmap's frame starts at its right end: the prompt's last positions and the
+# default selected cell.
+CSS = """
+[data-testid=stVegaLiteChart] g.mark-text text { pointer-events: none; }
+[data-testid=stCaptionContainer], [data-testid=stWidgetLabel] p, [data-testid=stTooltipHoverTarget] svg,
+[data-testid=stMarkdownContainer] small { color: #3d3d45 !important; opacity: 1 !important; }
+[data-testid=stBaseButton-segmented_controlActive] { background: #1d4f91 !important; color: #fff !important; }
+[data-testid=stBaseButton-segmented_controlActive] * { color: #fff !important; }
+a:focus-visible, button:focus-visible, [role=option]:focus-visible, input:focus-visible, textarea:focus-visible,
+[data-baseweb=select] :focus-visible, [role=slider]:focus-visible, [role=radio]:focus-visible,
+[data-testid=stSidebarNavLink]:focus-visible, summary:focus-visible, [tabindex]:focus-visible {
+  outline: 3px solid #111 !important; outline-offset: 2px !important; box-shadow: 0 0 0 5px #fff !important;
+}
+#vg-tooltip-element { background: #fff !important; opacity: 1 !important; color: #111 !important;
+  border: 1px solid #555 !important; box-shadow: 0 2px 8px rgba(0,0,0,.35) !important; }
+[data-testid=stMain] [data-testid=stVerticalBlock] { min-width: 0; }
+[data-testid=stVegaLiteChart] { max-width: 100%; overflow-x: auto; overflow-y: hidden; }
+[class*=st-key-heatmap_] [data-testid=stVegaLiteChart] { direction: rtl; }
+[class*=st-key-heatmap_] [data-testid=stVegaLiteChart] > * { direction: ltr; }
+.st-key-lens_charts { flex-direction: row !important; flex-wrap: wrap; align-items: flex-start; column-gap: 2rem; }
+.st-key-lens_charts > * { flex: 0 1 auto; width: auto !important; max-width: 100%; min-width: 0; }
+.st-key-cell_details { flex: 0 0 auto; width: 340px !important; max-width: 100%; }
+[data-testid=stElementContainer]:has([data-testid=stVegaLiteChart]),
+[data-testid=stFullScreenFrame] { max-width: 100%; }
+"""
+
+
+# A chart frame that scrolls sideways must be reachable by keyboard (Tab, then the arrow
+# keys scroll it): give every chart frame a tab stop and a name as it appears.
+FOCUSABLE_FRAMES = """
+if (!window.lensFramesWatched) {
+  window.lensFramesWatched = true;
+  const mark = () => document.querySelectorAll('[data-testid=stVegaLiteChart]:not([tabindex])').forEach(f => {
+    f.setAttribute('tabindex', '0');
+    f.setAttribute('aria-label', 'Chart (scroll sideways with the arrow keys when it is wider than the page)');
+  });
+  new MutationObserver(mark).observe(document.body, {childList: true, subtree: true});
+  mark();
+}
+"""
+
+
 def style() -> None:
-    """Page-wide CSS: heatmap labels let clicks and hovers through to the cell beneath."""
-    st.html("<style>[data-testid=stVegaLiteChart] g.mark-text text { pointer-events: none; }</style>")
+    """Page-wide CSS and one constant script (see CSS, FOCUSABLE_FRAMES); no user text goes in."""
+    st.html(f"<style>{CSS}</style><script>{FOCUSABLE_FRAMES}</script>", unsafe_allow_javascript=True)
 
 
 def settings() -> Settings:
@@ -79,9 +125,10 @@ def _switch_to_demo(key: str) -> None:
 def load_model(name: str, demo_key: str | None = "model") -> lens.LensModel | None:
     """The cached model, with progress shown while it downloads or loads; None after an error."""
     failures: dict[str, str] = st.session_state.setdefault("failed_models", {})
-    problem = failures.get(name) or config.check_model_allowed(name, config.limits())
     if not name:
-        problem = "Type a model id in the sidebar."
+        st.info("Type a model id in the sidebar (under **Model id**) to load it.", icon=":material/keyboard:")
+        return None
+    problem = failures.get(name) or config.check_model_allowed(name, config.limits())
     if problem:
         show_error(problem, demo_key)
         if name in failures and st.button("Try again", key="retry_model"):
@@ -231,20 +278,19 @@ def context() -> Context:
 
 
 def describe_target(model: lens.LensModel, s: Settings) -> None:
-    """Under the target box: how the typed target tokenizes."""
+    """Under the target box: which token the lens follows for the typed target, and why."""
     caption = st.session_state.get("target_caption")
     if caption is None or not s.target:
         return
     try:
-        ids, names = cached.target_tokens(s.model_name, s.target)
+        ids, names, warnings = lens.resolve_targets(model, [s.target])
     except lens.LensError as exc:
         caption.caption(f":material/warning: {exc}")
         return
-    pieces = " + ".join(f"`{n}`" for n in names)
-    if len(ids) == 1:
-        caption.caption(f"One token: {pieces} (id {ids[0]})")
+    if warnings:
+        caption.caption(f":material/warning: {warnings[0]}")
     else:
-        caption.caption(f":material/warning: {len(ids)} tokens: {pieces}. The lens follows the first, `{names[0]}`.")
+        caption.caption(f"One token: `{names[0]}` (id {ids[0]})")
 
 
 def with_targets(q: cached.LensQuery, targets: Sequence[str | int], top_k: int) -> lens.LensResult:
@@ -261,7 +307,8 @@ METRIC_HELP = (
 
 
 def metric_picker(key: str) -> str:
-    """The heatmap colour: one of lens.charts.METRICS, kept in the URL under ``key``."""
+    """The heatmap colour: one of lens.charts.METRICS, kept in the URL under ``key`` (id or label)."""
+    links.choice(key, list(charts.METRICS), lambda k: charts.METRICS[k].title, "colour measure")
     return st.selectbox(
         "Colour by",
         list(charts.METRICS),
@@ -273,7 +320,8 @@ def metric_picker(key: str) -> str:
 
 
 def measure_picker(key: str, label: str = "Measure") -> str:
-    """Probability, log-probability or rank for line charts, kept in the URL under ``key``."""
+    """Probability, log-probability or rank for line charts, kept in the URL under ``key`` (id or label)."""
+    links.choice(key, list(charts.MEASURES), charts.MEASURES.get, "measure")
     return st.radio(
         label, list(charts.MEASURES), format_func=charts.MEASURES.get, key=key, bind="query-params", horizontal=True
     )
@@ -313,18 +361,81 @@ def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | No
     return first, last + 1
 
 
-def selected_cell(result: lens.LensResult, default: tuple[int, int]) -> tuple[int, int]:
-    row, position = st.session_state.get("cell", default)
-    if not (0 <= row < result.n_rows and 0 <= position < result.n_positions):
-        return default
+CELL = "cell"  # session key and URL parameter of the selected heatmap cell, "row,position"
+
+
+def selected_cell(result: lens.LensResult, query: cached.LensQuery, window: tuple[int, int]) -> tuple[int, int]:
+    """The outlined cell: the link's on first contact, then the last click or pick; else the top right one.
+
+    A new result (prompt, model, lens, rows) drops the old selection, and a cell outside the
+    window is replaced, so the details beside the heatmap always belong to the outlined cell.
+    The cell is kept in the URL as ``cell=row,position``.
+    """
+    state = st.session_state
+    if state.get("cell_for") != query:
+        from_link = "cell_for" not in state and CELL in st.query_params
+        state["cell_for"] = query
+        state[CELL] = _link_cell(st.query_params[CELL], result, window) if from_link else None
+    cell = state[CELL]
+    if cell is None or not (0 <= cell[0] < result.n_rows and window[0] <= cell[1] < window[1]):
+        cell = (result.n_rows - 1, window[1] - 1)
+    state[CELL] = cell
+    st.query_params[CELL] = f"{cell[0]},{cell[1]}"
+    return cell
+
+
+def _link_cell(text: str, result: lens.LensResult, window: tuple[int, int]) -> tuple[int, int] | None:
+    try:
+        row, position = (int(part) for part in text.split(","))
+    except ValueError:
+        links.warn(f"The link's cell '{text}' isn't 'row,position' (two whole numbers); showing the default cell.")
+        return None
+    if not (0 <= row < result.n_rows and window[0] <= position < window[1]):
+        links.warn(f"The link's cell {row},{position} isn't in this view; showing the default cell.")
+        return None
     return row, position
 
 
-def remember_cell(event) -> None:
-    """Keep the clicked cell across reruns (changing the metric redraws the chart)."""
-    picked = (event or {}).get("selection", {}).get("cell") or []
+def _clicked(key: str) -> None:
+    picked = (st.session_state.get(key) or {}).get("selection", {}).get(SELECTION_NAME) or []
     if picked:
-        cell = (int(picked[0]["row"]), int(picked[0]["position"]))
-        if st.session_state.get("cell") != cell:
-            st.session_state["cell"] = cell
-            st.rerun()
+        st.session_state[CELL] = (int(picked[0]["row"]), int(picked[0]["position"]))
+
+
+def _picked() -> None:
+    st.session_state[CELL] = (int(st.session_state["pick_row"]), int(st.session_state["pick_position"]))
+
+
+def selectable_heatmap(chart: alt.TopLevelMixin, cell: tuple[int, int]) -> None:
+    """The heatmap; a click selects a cell (the same selection the keyboard picker drives).
+
+    The chart's key names the cell: the browser keeps a chart's last click across reruns and
+    would outline it even after the picker or a new prompt chose another cell.
+    """
+    key = f"heatmap_{cell[0]}_{cell[1]}"
+    st.altair_chart(
+        chart, on_select=lambda: _clicked(key), selection_mode=SELECTION_NAME, key=key, width="content"
+    )
+
+
+def cell_picker(result: lens.LensResult, window: tuple[int, int], cell: tuple[int, int]) -> None:
+    """Keyboard access to the selection: a layer and a position, kept in step with clicks."""
+    st.session_state["pick_row"], st.session_state["pick_position"] = cell
+    rows = list(reversed(range(result.n_rows)))
+    with st.container(horizontal=True, gap="small"):
+        st.selectbox(
+            "Cell: layer",
+            rows,
+            format_func=lambda r: result.layers[r],
+            key="pick_row",
+            on_change=_picked,
+            width=180,
+        )
+        st.selectbox(
+            "position",
+            list(range(*window)),
+            format_func=lambda p: f"{p} {result.tokens[p]}",
+            key="pick_position",
+            on_change=_picked,
+            width=220,
+        )

@@ -6,10 +6,13 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from ui import config, lenses, ndif
+import lens
+from ui import config, lenses, links, ndif
 
 OTHER = "__other__"
-BOS_OPTIONS = {"default": "Model default", "on": "Always", "off": "Never"}
+BOS_OPTIONS = {"default": "Tokenizer's default", "on": "Always", "off": "Never"}
+LENS_KINDS = {"logit": "Logit lens", "tuned": "Tuned lens"}
+MODEL_NOTE = "model_note"
 
 
 @dataclass(frozen=True)
@@ -34,12 +37,16 @@ def render() -> Settings:
     """Draw the sidebar and return what it says."""
     server = config.limits()
     choices = [*config.model_choices(server), *ndif.choices(server.allowlist)]
+    _accept_model_link(choices)
+    _fall_back_to_demo(server)
+    links.choice("bos", list(BOS_OPTIONS), BOS_OPTIONS.get, "start-token setting")
+    links.choice("lens_kind", list(LENS_KINDS), LENS_KINDS.get, "lens")
     with st.sidebar:
         st.header("Model and prompt")
         picked = st.selectbox(
             "Model",
             [*choices, OTHER],
-            format_func=lambda m: "Other model id…" if m == OTHER else config.model_label(m),
+            format_func=_model_label,
             key="model",
             bind="query-params",
             help="Small models run quickly on a CPU. 'Demo (offline)' is bundled and needs no network.",
@@ -89,8 +96,8 @@ def render() -> Settings:
                 key="bos",
                 bind="query-params",
                 horizontal=True,
-                help="Whether the model first reads its beginning-of-sequence token. 'Model default' does what "
-                "the model does; the first position's guesses are often odd without it.",
+                help="Whether the model first reads its beginning-of-sequence token. The default does what the "
+                "model's tokenizer does: none for GPT-2, one for Llama.",
             )
             embed = st.toggle(
                 "Show the embedding row",
@@ -125,15 +132,53 @@ def render() -> Settings:
     )
 
 
+def _model_label(model_id: str) -> str:
+    return "Other model id…" if model_id == OTHER else config.model_label(model_id)
+
+
+def _accept_model_link(choices: list[str]) -> None:
+    """``?model=`` may give an id or a label; an id not in the list is read as a typed model id."""
+    value = st.query_params.get("model")
+    if value is None or links.accept_choice("model", [*choices, OTHER], _model_label):
+        return
+    st.session_state["model"] = OTHER
+    st.session_state.setdefault("model_id", value)
+
+
+@st.cache_data(ttl=120, show_spinner=False)
+def _unavailable(model_id: str) -> str | None:
+    """Why a model can't be loaded here without trying (not cached and no hub), or None."""
+    from lens.model import resolve_model_source
+
+    try:
+        resolve_model_source(model_id)
+    except lens.LensError as exc:
+        return str(exc)
+    return None
+
+
+def _fall_back_to_demo(server: config.ServerLimits) -> None:
+    """On first contact with no model in the link, open on the demo if the default can't be fetched."""
+    if "model" in st.session_state or "model" in st.query_params or server.default_model == "demo":
+        return
+    if _unavailable(server.default_model):
+        st.session_state["model"] = "demo"
+        st.session_state[MODEL_NOTE] = (
+            f"{config.model_label(server.default_model)} couldn't be downloaded (the Hugging Face hub can't be "
+            "reached and it isn't cached here), so this is the bundled demo model. To use it, open the app once "
+            "with network access, or set LENS_DEFAULT_MODEL to a folder holding the model."
+        )
+
+
 def _lens_picker(model_name: str) -> str | None:
     """Logit lens, or one of the tuned lenses found for this model on disk or the hub."""
     kind = st.segmented_control(
         "Lens",
-        ["logit", "tuned"],
+        list(LENS_KINDS),
         key="lens_kind",
         bind="query-params",
         default="logit",
-        format_func={"logit": "Logit lens", "tuned": "Tuned lens"}.get,
+        format_func=LENS_KINDS.get,
         help="The logit lens reads each layer with the model's own output head. The tuned lens first passes each "
         "layer through a small learned translator, which reads early layers far better.",
     )

@@ -1,0 +1,45 @@
+"""First contact: seconds from opening the link on a freshly started server to something meaningful.
+
+    python bench/bench_first_paint.py
+
+Starts ``streamlit run app.py`` offline with no settings (so the app must open on the demo
+model), opens it in headless Chromium and records when the page links appear, when the
+heatmap appears, and whether Streamlit's own file-name page list was ever drawn.
+Target (issue 9): something meaningful on screen within 3 s.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from common import ROOT
+
+sys.path.insert(0, str(ROOT))
+os.environ.pop("LENS_DEFAULT_MODEL", None)
+
+from tests.browser_support import chromium, streamlit_server  # noqa: E402
+
+
+def main() -> None:
+    with streamlit_server({}) as url, chromium() as browser:
+        tab = browser.new_page(viewport={"width": 1280, "height": 900})
+        start = time.perf_counter()
+        tab.goto(url)
+        legacy_list, links_at, heatmap_at = False, None, None
+        while heatmap_at is None and time.perf_counter() - start < 120:
+            now = time.perf_counter() - start
+            legacy_list |= tab.locator("[data-testid=stSidebarNav]").count() > 0
+            if links_at is None and tab.locator("[data-testid=stPageLink-NavLink]").count() == 5:
+                links_at = now
+            if tab.locator("[data-testid=stVegaLiteChart] g.mark-rect path").count() > 0:
+                heatmap_at = now
+            tab.wait_for_timeout(50)
+        note = tab.get_by_text("couldn't be downloaded").count() > 0
+    print(f"page links and a 'starting' line after {links_at:.2f} s (target < 3 s)")
+    print(f"demo heatmap after {heatmap_at:.2f} s; offline note shown: {note}; legacy page list drawn: {legacy_list}")
+
+
+if __name__ == "__main__":
+    main()
