@@ -166,4 +166,5 @@ def test_first_contact_draws_no_legacy_page_list(server, browser):
     links = tab.locator("[data-testid=stPageLink-NavLink]").all_inner_texts()
     context.close()
     assert not any(seen), "Streamlit's own page list was drawn"
-    assert [t.split("\n")[-1] for t in links] == ["Lens", "Trajectories", "Attribution", "Compare", "Dataset", "Tuned lens"]
+    names = [t.split("\n")[-1] for t in links]
+    assert names == ["Lens", "Trajectories", "Attribution", "Compare", "Dataset", "Tuned lens"]
