@@ -12,22 +12,10 @@ import pandas as pd
 import pytest
 
 from lens import attribute
-from tests.test_browser import CHROMIUM, FLAGS, STORY, server, shoot  # noqa: F401 - server is a fixture
+from tests.browser_support import shoot, wait_idle
+from tests.test_browser import STORY, browser, server  # noqa: F401 - fixtures, instantiated for this module
 
 pytestmark = pytest.mark.browser
-
-
-def settle(tab) -> None:
-    tab.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]", timeout=90_000)
-    tab.wait_for_timeout(400)
-
-
-def full_shot(tab, name: str) -> None:
-    height = tab.evaluate("document.querySelector('[data-testid=stMain]').scrollHeight")
-    width = tab.viewport_size["width"]
-    tab.set_viewport_size({"width": width, "height": max(800, height)})
-    tab.wait_for_timeout(500)
-    shoot(tab, name)
 
 
 def no_sideways_scroll(tab) -> bool:
@@ -37,24 +25,15 @@ def no_sideways_scroll(tab) -> bool:
     )
 
 
-@pytest.fixture(scope="module")
-def browser(server):  # noqa: F811 - the imported fixture, instantiated for this module
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield chromium
-        chromium.close()
-
-
 def test_why_this_token_heads_and_download(browser, server, stories, tmp_path):  # noqa: F811
     tab = browser.new_page(viewport={"width": 1500, "height": 1400}, accept_downloads=True)
     tab.goto(f"{server}/?prompt={quote(STORY)}")
     tab.locator("[data-testid=stVegaLiteChart]").first.get_by_text("␣Lily").first.wait_for(timeout=90_000)
-    settle(tab)
+    wait_idle(tab)
     tab.get_by_role("button", name="Why this token?").click()
     tab.get_by_text("Attribution: why this token?").wait_for(timeout=60_000)
     tab.locator("[data-testid=stVegaLiteChart]").nth(2).wait_for(timeout=90_000)
-    settle(tab)
+    wait_idle(tab)
     expected = attribute(stories, STORY, position=-1, target=" Lily")
     summary = tab.get_by_text("Explaining the lens's logit of").inner_text()
     assert "␣Lily" in summary and f"{expected.logit:+.3f}" in summary
@@ -75,10 +54,10 @@ def test_why_this_token_heads_and_download(browser, server, stories, tmp_path): 
         arg=first_head,
         timeout=30_000,
     )
-    settle(tab)
+    wait_idle(tab)
     picked = parse_qs(urlparse(tab.url).query)["attr_head"][0]
     assert re.fullmatch(r"L\d H\d", picked) and f"{picked}: where it looked" in charts.nth(2).text_content()
-    full_shot(tab, "5-attribution")
+    shoot(tab, "5-attribution", full=True)
 
     with tab.expect_download(timeout=30_000) as info:
         tab.get_by_role("button", name="CSV", exact=True).click()
@@ -96,8 +75,8 @@ def test_attribution_page_fits_the_screen(browser, server, width):  # noqa: F811
     tab.goto(f"{server}/attribution?prompt={quote(STORY)}&attr_target={quote(' Lily')}")
     tab.get_by_text("Explaining the lens's logit of").wait_for(timeout=90_000)
     tab.locator("[data-testid=stVegaLiteChart]").nth(2).wait_for(timeout=90_000)
-    settle(tab)
+    wait_idle(tab)
     assert tab.locator("[data-testid=stVegaLiteChart]").count() == 3
     assert no_sideways_scroll(tab)
-    full_shot(tab, f"6-attribution-{width}px")
+    shoot(tab, f"6-attribution-{width}px", full=True)
     tab.close()

@@ -13,22 +13,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.test_browser import CHROMIUM, FLAGS, STORY, server  # noqa: F401 - server is a fixture
+from tests.browser_support import IDLE as READY
+from tests.test_browser import STORY, browser, server  # noqa: F401 - fixtures, instantiated for this module
 
 pytestmark = pytest.mark.browser
-READY = "[data-testid=stApp][data-test-script-state=notRunning]"
 
 
-@pytest.fixture(scope="module")
-def browser(server):  # noqa: F811 - the fixture imported above
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        yield chromium
-        chromium.close()
-
-
-def _open(browser, url: str):
+def _open(browser, url: str):  # noqa: F811 - the fixture's value, passed on
     tab = browser.new_page(viewport={"width": 1400, "height": 1400}, accept_downloads=True)
     tab.goto(url)
     tab.wait_for_selector("[data-testid=stVegaLiteChart]", timeout=90_000)
