@@ -81,8 +81,7 @@ class LensModel:
         TransformerLens's cfg.default_prepend_bos is True for GPT-2 too, unlike the model's
         own tokenizer and the seed notebook, which changes every first-position reading.
         """
-        bos = self.tokenizer.bos_token_id
-        return bos is not None and list(self.tokenizer("x")["input_ids"][:1]) == [bos]
+        return tokenizer_prepends_bos(self.tokenizer)
 
     @property
     def softcap(self) -> float | None:
@@ -155,6 +154,12 @@ class LensModel:
         if self.softcap is not None:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
+
+
+def tokenizer_prepends_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself starts a text with its BOS token (Llama's does, GPT-2's doesn't)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and list(tokenizer("x")["input_ids"][:1]) == [bos]
 
 
 def resolve_model_source(name_or_path: str) -> tuple[str, str]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lens.errors import LensError
-from lens.model import Progress, _first_line, resolve_model_source
+from lens.model import Progress, _first_line, resolve_model_source, tokenizer_prepends_bos
 from lens.result import LensResult
 from lens.tokens import TokenNamer
 
@@ -91,8 +91,8 @@ class NnsightModel:
 
     @property
     def default_prepend_bos(self) -> bool:
-        """As TransformerLens does by default: BOS first whenever the tokenizer has one."""
-        return self.tokenizer.bos_token_id is not None
+        """The tokenizer's own default, as for the TransformerLens backend."""
+        return tokenizer_prepends_bos(self.tokenizer)
 
     @property
     def softcap(self) -> float | None:

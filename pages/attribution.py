@@ -10,7 +10,7 @@ import lens
 from lens import attribution_charts as charts
 from lens import charts as lens_charts
 from lens.attribution import CellWrites, cell_writes, head_attention, token_text
-from ui import cached, page
+from ui import cached, exports, page
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -192,4 +192,14 @@ table = writes.promoted(model, k=5, parts=promoted_parts)
 table.insert(1, "contribution", [contributions[p] for p in table.part])
 st.dataframe(table, hide_index=True, width="stretch")
 
-page.export_buttons(attribution, charts.layer_bars(attribution, width=560), "attribution")
+explained = attribution.writes
+target_named = attribution.target + (f" − {attribution.contrast}" if attribution.contrast else "")
+lines = exports.describe_run(explained.model_name, explained.lens_kind, explained.prompt, [target_named])
+exports.buttons(
+    "attribution",
+    attribution.to_frame().to_csv(index=False).encode(),
+    attribution.to_json(),
+    exports.titled(charts.layer_bars(attribution, width=560), f"Attribution at {explained.row}", lines),
+    csv_help="One row per part (embedding, head, MLP, biases): its contribution; they add up to the logit.",
+    json_help="The parts with their context: model, prompt, cell, target and contrast.",
+)

@@ -25,10 +25,15 @@ from ui import config
 
 def describe(result: lens.LensResult) -> list[str]:
     """Lines naming what a result is: model and lens, prompt, targets."""
-    prompt = result.prompt if len(result.prompt) <= 90 else result.prompt[:89] + "…"
-    lines = [f"{config.model_label(result.model_name)} · {result.lens_kind} lens", f"Prompt: {prompt!r}"]
-    if result.targets:
-        lines.append(("Target: " if len(result.targets) == 1 else "Tokens: ") + ", ".join(result.targets))
+    return describe_run(result.model_name, result.lens_kind, result.prompt, result.targets)
+
+
+def describe_run(model_name: str, lens_kind: str, prompt: str, targets: Sequence[str]) -> list[str]:
+    """Lines naming a run: model and lens, prompt (cut at 90 characters), targets."""
+    prompt = prompt if len(prompt) <= 90 else prompt[:89] + "…"
+    lines = [f"{config.model_label(model_name)} · {lens_kind} lens", f"Prompt: {prompt!r}"]
+    if targets:
+        lines.append(("Target: " if len(targets) == 1 else "Tokens: ") + ", ".join(targets))
     return lines
 
 
@@ -76,7 +81,14 @@ def _render(spec: str, digest: str, key: str) -> None:
     st.session_state[key] = (digest, png, svg)
 
 
-def buttons(stem: str, csv: bytes, json_text: str, chart: alt.TopLevelMixin) -> None:
+def buttons(
+    stem: str,
+    csv: bytes,
+    json_text: str,
+    chart: alt.TopLevelMixin,
+    csv_help: str = "One row per (layer, position): top-k, entropy, KL, targets.",
+    json_help: str = "The full result; lens.LensResult.from_json reads it back.",
+) -> None:
     """CSV, JSON, and the chart as PNG and SVG once prepared; none of them reruns the page."""
     if chart.config is alt.Undefined:
         # vl_convert's default font lacks "␣" and switches whole labels to a serif fallback.
@@ -93,7 +105,7 @@ def buttons(stem: str, csv: bytes, json_text: str, chart: alt.TopLevelMixin) -> 
             "text/csv",
             key=f"{stem}_csv",
             on_click="ignore",
-            help="One row per (layer, position): top-k, entropy, KL, targets.",
+            help=csv_help,
         )
         st.download_button(
             "JSON",
@@ -102,7 +114,7 @@ def buttons(stem: str, csv: bytes, json_text: str, chart: alt.TopLevelMixin) -> 
             "application/json",
             key=f"{stem}_json",
             on_click="ignore",
-            help="The full result; lens.LensResult.from_json reads it back.",
+            help=json_help,
         )
         if images is not None and images[0] == digest:
             st.download_button("PNG", images[1], f"{stem}.png", "image/png", key=f"{stem}_png", on_click="ignore")
