@@ -115,11 +115,16 @@ class LensModel:
         """The model's own final norm, in fp32."""
         return self.bridge.ln_final(resid).float()
 
-    def unembed_columns(self, normed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Vocab-major logits [vocab, cells] of normed residuals [cells, d_model], soft-capped if the model is."""
-        logits = torch.mm(self.unembed_rows, normed.t(), out=out)
+    def unembed_columns(
+        self, normed: torch.Tensor, out: torch.Tensor | None = None, vocab: slice = slice(None)
+    ) -> torch.Tensor:
+        """Vocab-major logits [vocab, cells] of normed residuals [cells, d_model], soft-capped if the model is.
+
+        ``vocab`` picks a slice of the vocabulary, so a slab of logits can be made and read while it is in cache.
+        """
+        logits = torch.mm(self.unembed_rows[vocab], normed.t(), out=out)
         if self.unembed_bias is not None:
-            logits.add_(self.unembed_bias[:, None])
+            logits.add_(self.unembed_bias[vocab, None])
         if self.softcap is not None:
             logits.div_(self.softcap).tanh_().mul_(self.softcap)
         return logits
