@@ -18,6 +18,8 @@ difference (the entropy) does not lose fp32 digits to cancellation.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -346,7 +348,7 @@ def run_lens(
         translate = lens.translator_for(rows)
     normed = capture_normed(model, token_ids, rows, translate)
     stats = cell_statistics(model, normed, int(top_k), target_ids)
-    return LensResult(
+    result = LensResult(
         model_name=model.name,
         prompt=prompt,
         tokens=model.token_name.many(token_ids),
@@ -362,6 +364,29 @@ def run_lens(
         unembed_input=normed.cpu().numpy() if keep_unembed_input else None,
         **stats,
     )
+    del normed, stats
+    release_freed_memory()
+    return result
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc: its allocator returns memory on its own terms
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand the heap pages freed by a run back to the system.
+
+    glibc keeps the freed activations of a forward pass in its arenas: after a 1024-token
+    run on GPT-2 small the process held ~1 GB more than after loading, all of it unused. On
+    a small hosting box that is the room for a model, so every run gives it back.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _names_array(model: LensModel, top_ids: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
