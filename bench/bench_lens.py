@@ -14,7 +14,8 @@ Times: the methods take turns in one process (median of --repeats turns), so dri
 machine's speed hits all alike; wall and CPU time (getrusage, every thread). Memory: each
 (method, length) runs once in its own process: "peak" is the most it needed beyond loading
 the model and one forward pass, "kept" what it still holds after the run beyond its level
-after loading.
+after loading. Last, one fresh process runs --prompts different prompts of mixed lengths and
+reports how far its RSS stays above its level after loading.
 """
 
 from __future__ import annotations
@@ -134,6 +135,19 @@ def memory(method: str, n_tokens: int) -> dict[str, float]:
     return {"peak": max(peak_rss_mb() - baseline, 0.0), "kept": rss_mb() - loaded}
 
 
+def kept_after_many_prompts(n_prompts: int = 50) -> dict[str, float]:
+    """In this fresh process: RSS beyond its level after loading, after many different prompts of mixed lengths."""
+    from lens import run_lens
+
+    model = gpt2_small_random()
+    loaded = rss_mb()
+    lengths = [64, 256, 1024, 256, 16]
+    for i in range(n_prompts):
+        prompt = prompt_of_length(model, lengths[i % len(lengths)] - 2)
+        run_lens(model, f"{i}. {prompt}", top_k=10, targets=[TARGET], prepend_bos=False)
+    return {"kept": rss_mb() - loaded, "peak": peak_rss_mb() - loaded}
+
+
 def timings(n_tokens: int, repeats: int) -> dict[str, dict[str, float]]:
     """Median wall and CPU seconds per method, the methods taking turns."""
     model = gpt2_small_random()
@@ -156,10 +170,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, nargs="+", default=[16, 64, 256, 1024])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=50, help="different prompts for the memory-kept check")
     parser.add_argument("--memory", nargs=2, metavar=("METHOD", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory:
-        print(json.dumps(memory(args.memory[0], int(args.memory[1]))))
+        method, n = args.memory
+        print(json.dumps(kept_after_many_prompts(int(n)) if method == "many" else memory(method, int(n))))
         return
 
     print("GPT-2-small shape (12 layers, d_model 768, vocab 50257), fp32, CPU; median of", args.repeats, "turns")
@@ -170,14 +186,7 @@ def main() -> None:
     for n in args.tokens:
         seconds = timings(n, args.repeats)
         for method in METHODS:
-            done = subprocess.run(
-                [sys.executable, __file__, "--memory", method, str(n)],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            mem = json.loads(done.stdout.strip().splitlines()[-1])
+            mem = in_fresh_process(method, n)
             wall = seconds[method]["wall"]
             print(
                 f"{n:>6} {method:>15} {wall:>8.3f} {seconds[method]['cpu']:>8.3f} {mem['peak']:>8.0f} "
@@ -187,6 +196,17 @@ def main() -> None:
             )
         forward = seconds["forward_tl"]["wall"] / seconds["forward_hf"]["wall"]
         print(f"{n:>6} TransformerLens forward / Hugging Face SDPA forward: {forward:.2f}x", flush=True)
+    many = in_fresh_process("many", args.prompts)
+    print(
+        f"run_lens on {args.prompts} different prompts (16 to 1024 tokens, one target): RSS {many['kept']:.0f} MB "
+        f"above its level after loading (peak {many['peak']:.0f} MB above it)"
+    )
+
+
+def in_fresh_process(method: str, n: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--memory", method, str(n)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from lens.result import LensResult
 
 POINTS = ("resid_pre", "resid_mid", "resid_post")
 CHUNK_BYTES = 144 * 2**20  # ~750 cells of GPT-2: vocab-major matmuls run fastest with many cells
-SLAB_BYTES = 2**20  # a slab of a chunk's logits that stays in a core's L2 cache while it is read
+SLAB_BYTES = 32 * 2**20  # a slab of a chunk's logits, read once while it is in the shared L3 cache
 TOPK_BLOCK = 64
 
 
