@@ -165,7 +165,8 @@ def _count_greater(
     """
     greater = greater[: logits.shape[0]]
     for j in range(target_logits.shape[0]):
-        counts[j] += torch.gt(logits, target_logits[j], out=greater).view(torch.uint8).sum(0, dtype=torch.int64)
+        # int32 sums of uint8 run ~3x faster here than int64 ones, and a slab is far below 2**31 rows.
+        counts[j] += torch.gt(logits, target_logits[j], out=greater).view(torch.uint8).sum(0, dtype=torch.int32)
 
 
 def _top_k_columns(padded: torch.Tensor, block_max: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
