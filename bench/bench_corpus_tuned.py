@@ -2,8 +2,9 @@
 
     python bench/bench_corpus_tuned.py
 
-On the GPT-2-small shape: tokens per second of corpus_stats and of the floor (the forward
-pass plus the bare vocab-major unembedding matmul of every row) over the same windows; peak
+On the GPT-2-small shape: tokens per second of corpus_stats and of the floors (Hugging Face's
+SDPA forward pass, or TransformerLens's, plus the bare vocab-major unembedding matmul of every
+row) over the same windows, taking turns; peak
 memory (VmHWM, each in a fresh process) for a corpus and for one twice its size. Tuned-lens
 training: time and peak memory beyond the loaded model for a stated number of steps.
 """
@@ -11,12 +12,13 @@ training: time and peak memory beyond the loaded model for a stated number of st
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import time
 
-from bench_lens import floor
-from common import ROOT, SHARED_MODELS, TEXT, gpt2_small_random, peak_rss_mb
+from bench_lens import floor_hf, floor_tl
+from common import ROOT, SHARED_MODELS, TEXT, gpt2_small_hf, gpt2_small_random, peak_rss_mb
 
 WINDOW = 256
 
@@ -26,23 +28,31 @@ def corpus_texts(model, n_windows: int) -> list[str]:
     return [model.tokenizer.decode(ids[i * (WINDOW - 1) : (i + 1) * (WINDOW - 1)]) for i in range(n_windows)]
 
 
-def throughput(n_windows: int = 6) -> None:
+def throughput(n_windows: int = 6, repeats: int = 3) -> None:
     from lens import corpus_stats
 
     model = gpt2_small_random()
+    hf = gpt2_small_hf("sdpa")
     texts = corpus_texts(model, n_windows)
-    corpus_stats(model, texts[:1], window=WINDOW)
-    start = time.perf_counter()
-    frame = corpus_stats(model, texts, window=WINDOW, max_tokens=10**9)
-    lens_seconds = time.perf_counter() - start
-    start = time.perf_counter()
-    for text in texts:
-        floor(model, text)
-    floor_seconds = time.perf_counter() - start
-    tokens = int(frame.n_tokens.iloc[0])
+    tokens = int(corpus_stats(model, texts, window=WINDOW, max_tokens=10**9).n_tokens.iloc[0])  # and warm-up
+    methods = {
+        "corpus_stats": lambda: corpus_stats(model, texts, window=WINDOW, max_tokens=10**9),
+        "floor_hf": lambda: [floor_hf(model, text, hf) for text in texts],
+        "floor_tl": lambda: [floor_tl(model, text) for text in texts],
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(repeats):
+        for name, method in methods.items():
+            start = time.perf_counter()
+            method()
+            seconds[name].append(time.perf_counter() - start)
+    median = {name: statistics.median(times) for name, times in seconds.items()}
+    rate = {name: tokens / s for name, s in median.items()}
     print(
-        f"corpus_stats: {tokens} tokens in {lens_seconds:.2f} s = {tokens / lens_seconds:.0f} tokens/s; "
-        f"floor {tokens / floor_seconds:.0f} tokens/s; corpus_stats takes {lens_seconds / floor_seconds:.2f}x the floor"
+        f"corpus_stats: {rate['corpus_stats']:.0f} tokens/s over {tokens} tokens in {WINDOW}-token windows; "
+        f"floor (HF SDPA forward + matmul) {rate['floor_hf']:.0f} tokens/s, floor (TL forward + matmul) "
+        f"{rate['floor_tl']:.0f} tokens/s; corpus_stats runs at {rate['corpus_stats'] / rate['floor_hf']:.2f}x "
+        f"the true floor's rate (median of {repeats} turns)"
     )
 
 

@@ -1,16 +1,21 @@
-"""run_lens against the naive method and the floor, on a GPT-2-small-shaped model.
+"""run_lens against the naive method and two floors, on a GPT-2-small-shaped model.
 
-    python bench/bench_lens.py [--tokens 16 256 1024] [--repeats 3]
+    python bench/bench_lens.py [--tokens 16 64 256 1024] [--repeats 3]
 
-(a) naive: the seed notebook's way: every row's full logits, a full softmax, then the max.
-(b) run_lens: the engine (top-10, entropy, KL to final, log-normaliser).
-(c) floor: the forward pass plus the bare chunked fp32 matmul of every row with W_U, in
-    the fastest layout measured on this machine (vocab-major, a reused output buffer).
+Methods (all read every block's output at every position):
+- naive: the seed notebook's way: the model's forward pass, every row's full logits, a full softmax, then the max.
+- run_lens: the engine, top-10 (entropy, KL to final, log-normaliser), without and with one target.
+- floor (HF): Hugging Face's own forward pass with SDPA attention on the same weights, plus the bare
+  chunked fp32 matmul of every cell with W_U (vocab-major, a reused output buffer): the true floor.
+- floor (TL): the same with TransformerLens's forward pass (``run_with_cache``) instead.
+- forward (HF) and forward (TL): the two forward passes alone.
 
-Times: the three methods take turns in one process (median of --repeats turns), so drift
-in the machine's speed hits all alike. Memory: each (method, length) runs once in its own
-process, and the figure is the peak beyond what loading the model and one forward pass
-already needed.
+Times: the methods take turns in one process (median of --repeats turns), so drift in the
+machine's speed hits all alike; wall and CPU time (getrusage, every thread). Memory: each
+(method, length) runs once in its own process: "peak" is the most it needed beyond loading
+the model and one forward pass, "kept" what it still holds after the run beyond its level
+after loading. Last, one fresh process runs --prompts different prompts of mixed lengths and
+reports how far its RSS stays above its level after loading.
 """
 
 from __future__ import annotations
@@ -22,12 +27,13 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, gpt2_small_random, peak_rss_mb, prompt_of_length
+from common import ROOT, cpu_seconds, gpt2_small_hf, gpt2_small_random, peak_rss_mb, prompt_of_length, rss_mb
 
-METHODS = ("naive", "run_lens", "floor")
+METHODS = ("naive", "run_lens", "run_lens+target", "floor_hf", "floor_tl", "forward_hf", "forward_tl")
+TARGET = " the"
 
 
-def naive(model, prompt: str) -> None:
+def naive(model, prompt: str, hf=None) -> None:
     import torch
 
     from lens.engine import lens_rows
@@ -41,19 +47,24 @@ def naive(model, prompt: str) -> None:
         probs.max(dim=-1)
 
 
-def lens(model, prompt: str) -> None:
+def lens(model, prompt: str, hf=None) -> None:
     from lens import run_lens
 
     run_lens(model, prompt, top_k=10, prepend_bos=False)
 
 
-def floor(model, prompt: str) -> None:
+def lens_with_target(model, prompt: str, hf=None) -> None:
+    from lens import run_lens
+
+    run_lens(model, prompt, top_k=10, prepend_bos=False, targets=[TARGET])
+
+
+def bare_unembed(model, normed) -> None:
+    """The chunked vocab-major fp32 matmul of every cell with W_U, in run_lens's chunks: the fastest layout here."""
     import torch
 
-    from lens.engine import _chunk_cells, capture_normed, lens_rows
+    from lens.engine import _chunk_cells
 
-    rows = lens_rows(model)
-    normed = capture_normed(model, model.tokenizer(prompt, add_special_tokens=False)["input_ids"], rows)
     n_rows, n_pos, d_model = normed.shape
     block = max(1, _chunk_cells(model.d_vocab) // n_rows)
     outputs = {}  # one reused output buffer per chunk width, as run_lens keeps
@@ -61,75 +72,141 @@ def floor(model, prompt: str) -> None:
         x = normed[:, start : start + block].reshape(-1, d_model)
         if x.shape[0] not in outputs:
             outputs[x.shape[0]] = torch.zeros(model.d_vocab, x.shape[0])
-        # The same chunks and vocab-major layout as run_lens: the fastest measured here.
         torch.mm(model.unembed_rows, x.t(), out=outputs[x.shape[0]])
 
 
-def forward_only(model, prompt: str) -> None:
+def hf_normed(model, prompt: str, hf):
+    """Every block's output through the final norm, from Hugging Face's own SDPA forward pass."""
     import torch
 
     tokens = torch.tensor([model.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        model.bridge.run_with_cache(tokens, names_filter=lambda name: name.endswith("hook_resid_post"))
+        hidden = hf.transformer(tokens, output_hidden_states=True).hidden_states
+        # The last hidden state already went through GPT-2's final norm.
+        return torch.stack([hf.transformer.ln_f(h[0]) for h in hidden[1:-1]] + [hidden[-1][0]])
 
 
-FUNCTIONS = {"naive": naive, "run_lens": lens, "floor": floor}
+def floor_hf(model, prompt: str, hf) -> None:
+    bare_unembed(model, hf_normed(model, prompt, hf))
 
 
-def peak_memory(method: str, n_tokens: int) -> float:
-    """In this fresh process: peak MB of one call beyond the loaded model and a forward pass."""
+def floor_tl(model, prompt: str, hf=None) -> None:
+    from lens.engine import capture_normed, lens_rows
+
+    ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    bare_unembed(model, capture_normed(model, ids, lens_rows(model)))
+
+
+def forward_hf(model, prompt: str, hf) -> None:
+    hf_normed(model, prompt, hf)
+
+
+def forward_tl(model, prompt: str, hf=None) -> None:
+    import torch
+
+    from lens.engine import lens_rows
+
+    hooks = [r.hook for r in lens_rows(model)]
+    tokens = torch.tensor([model.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
+    with torch.no_grad():
+        model.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=model.n_layers)
+
+
+FUNCTIONS = {
+    "naive": naive,
+    "run_lens": lens,
+    "run_lens+target": lens_with_target,
+    "floor_hf": floor_hf,
+    "floor_tl": floor_tl,
+    "forward_hf": forward_hf,
+    "forward_tl": forward_tl,
+}
+
+
+def memory(method: str, n_tokens: int) -> dict[str, float]:
+    """In this fresh process: MB one call needs beyond the model and a forward pass, and keeps after."""
     model = gpt2_small_random()
+    hf = gpt2_small_hf("sdpa") if method.endswith("_hf") else None
     prompt = prompt_of_length(model, n_tokens)
-    forward_only(model, prompt)
+    loaded = rss_mb()
+    (forward_hf if hf is not None else forward_tl)(model, prompt, hf)
     baseline = peak_rss_mb()
-    FUNCTIONS[method](model, prompt)
-    return max(peak_rss_mb() - baseline, 0.0)
+    FUNCTIONS[method](model, prompt, hf)
+    return {"peak": max(peak_rss_mb() - baseline, 0.0), "kept": rss_mb() - loaded}
 
 
-def timings(n_tokens: int, repeats: int) -> dict[str, float]:
-    """Median seconds per method, the methods taking turns so drift in machine speed hits all alike."""
+def kept_after_many_prompts(n_prompts: int = 50) -> dict[str, float]:
+    """In this fresh process: RSS beyond its level after loading, after many different prompts of mixed lengths."""
+    from lens import run_lens
+
     model = gpt2_small_random()
+    loaded = rss_mb()
+    lengths = [64, 256, 1024, 256, 16]
+    for i in range(n_prompts):
+        prompt = prompt_of_length(model, lengths[i % len(lengths)] - 2)
+        run_lens(model, f"{i}. {prompt}", top_k=10, targets=[TARGET], prepend_bos=False)
+    return {"kept": rss_mb() - loaded, "peak": peak_rss_mb() - loaded}
+
+
+def timings(n_tokens: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds per method, the methods taking turns."""
+    model = gpt2_small_random()
+    hf = gpt2_small_hf("sdpa")
     prompt = prompt_of_length(model, n_tokens)
-    times: dict[str, list[float]] = {m: [] for m in METHODS}
+    wall: dict[str, list[float]] = {m: [] for m in METHODS}
+    cpu: dict[str, list[float]] = {m: [] for m in METHODS}
     for method in METHODS:
-        FUNCTIONS[method](model, prompt)  # warm-up
+        FUNCTIONS[method](model, prompt, hf)  # warm-up
     for _ in range(repeats):
         for method in METHODS:
-            start = time.perf_counter()
-            FUNCTIONS[method](model, prompt)
-            times[method].append(time.perf_counter() - start)
-    return {m: statistics.median(t) for m, t in times.items()}
+            start, start_cpu = time.perf_counter(), cpu_seconds()
+            FUNCTIONS[method](model, prompt, hf)
+            wall[method].append(time.perf_counter() - start)
+            cpu[method].append(cpu_seconds() - start_cpu)
+    return {m: {"wall": statistics.median(wall[m]), "cpu": statistics.median(cpu[m])} for m in METHODS}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[16, 256, 1024])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--tokens", type=int, nargs="+", default=[16, 64, 256, 1024])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--prompts", type=int, default=50, help="different prompts for the memory-kept check")
     parser.add_argument("--memory", nargs=2, metavar=("METHOD", "TOKENS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory:
-        print(json.dumps(peak_memory(args.memory[0], int(args.memory[1]))))
+        method, n = args.memory
+        print(json.dumps(kept_after_many_prompts(int(n)) if method == "many" else memory(method, int(n))))
         return
 
     print("GPT-2-small shape (12 layers, d_model 768, vocab 50257), fp32, CPU; median of", args.repeats, "turns")
-    print(f"{'tokens':>6} {'method':>9} {'time s':>8} {'extra MB':>9} {'vs floor':>9} {'naive/this':>10}")
+    print(
+        f"{'tokens':>6} {'method':>15} {'wall s':>8} {'CPU s':>8} {'peak MB':>8} {'kept MB':>8} "
+        f"{'/floor HF':>9} {'/floor TL':>9} {'naive/this':>10}"
+    )
     for n in args.tokens:
         seconds = timings(n, args.repeats)
         for method in METHODS:
-            done = subprocess.run(
-                [sys.executable, __file__, "--memory", method, str(n)],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            extra = json.loads(done.stdout.strip().splitlines()[-1])
-            vs_floor = seconds[method] / seconds["floor"]
-            speedup = seconds["naive"] / seconds[method]
+            mem = in_fresh_process(method, n)
+            wall = seconds[method]["wall"]
             print(
-                f"{n:>6} {method:>9} {seconds[method]:>8.3f} {extra:>9.0f} {vs_floor:>8.2f}x {speedup:>9.2f}x",
+                f"{n:>6} {method:>15} {wall:>8.3f} {seconds[method]['cpu']:>8.3f} {mem['peak']:>8.0f} "
+                f"{mem['kept']:>8.0f} {wall / seconds['floor_hf']['wall']:>8.2f}x "
+                f"{wall / seconds['floor_tl']['wall']:>8.2f}x {seconds['naive']['wall'] / wall:>9.2f}x",
                 flush=True,
             )
+        forward = seconds["forward_tl"]["wall"] / seconds["forward_hf"]["wall"]
+        print(f"{n:>6} TransformerLens forward / Hugging Face SDPA forward: {forward:.2f}x", flush=True)
+    many = in_fresh_process("many", args.prompts)
+    print(
+        f"run_lens on {args.prompts} different prompts (16 to 1024 tokens, one target): RSS {many['kept']:.0f} MB "
+        f"above its level after loading (peak {many['peak']:.0f} MB above it)"
+    )
+
+
+def in_fresh_process(method: str, n: int) -> dict[str, float]:
+    command = [sys.executable, __file__, "--memory", method, str(n)]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":

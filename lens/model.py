@@ -45,13 +45,26 @@ class LensModel:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def from_hf(cls, hf_model, tokenizer, *, name: str | None = None, device: str | None = "cpu") -> LensModel:
-        """Wrap a Hugging Face model that is already built (tests, benchmarks, notebooks)."""
+    def from_hf(
+        cls,
+        hf_model,
+        tokenizer,
+        *,
+        name: str | None = None,
+        device: str | None = "cpu",
+        fast_attention: bool = True,
+    ) -> LensModel:
+        """Wrap a Hugging Face model that is already built (tests, benchmarks, notebooks).
+
+        ``fast_attention`` as in :func:`use_fast_attention`; False keeps TransformerLens's eager path.
+        """
         from transformer_lens.model_bridge import TransformerBridge
 
         name = name or getattr(hf_model.config, "_name_or_path", "") or type(hf_model).__name__
         bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model, tokenizer=tokenizer, device=device)
         bridge.eval()
+        if fast_attention:
+            use_fast_attention(bridge)
         return cls(bridge=bridge, tokenizer=tokenizer, name=name)
 
     @property
@@ -133,11 +146,16 @@ class LensModel:
         """The model's own final norm, in fp32."""
         return self.bridge.ln_final(resid).float()
 
-    def unembed_columns(self, normed: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Vocab-major logits [vocab, cells] of normed residuals [cells, d_model], as the model scales and caps them."""
-        logits = torch.mm(self.unembed_rows, normed.t(), out=out)
+    def unembed_columns(
+        self, normed: torch.Tensor, out: torch.Tensor | None = None, vocab: slice = slice(None)
+    ) -> torch.Tensor:
+        """Vocab-major logits [vocab, cells] of normed residuals [cells, d_model], as the model scales and caps them.
+
+        ``vocab`` picks a slice of the vocabulary, so a slab of logits can be made and read while it is in cache.
+        """
+        logits = torch.mm(self.unembed_rows[vocab], normed.t(), out=out)
         if self.unembed_bias is not None:
-            logits.add_(self.unembed_bias[:, None])
+            logits.add_(self.unembed_bias[vocab, None])
         if self.logit_scale != 1.0:
             logits.mul_(self.logit_scale)
         if self.softcap is not None:
@@ -230,6 +248,61 @@ def _hub_offline() -> bool:
     return not reachable.is_set()
 
 
+def use_fast_attention(bridge) -> int:
+    """Let attention run on Hugging Face's SDPA kernel whenever no hook inside it is listening.
+
+    TransformerLens reimplements attention step by step so that ``hook_attn_scores`` and
+    ``hook_pattern`` can fire; that path materialises every [heads x positions x positions]
+    score and runs the forward pass ~2x slower than SDPA at 1024 tokens. The lens hooks only
+    the residual stream. So each attention bridge gets a forward that, while none of its inner
+    hook points has a hook, takes TransformerLens's own delegating path (``hook_in``, the
+    wrapped Hugging Face module, ``hook_out``) with the model switched to SDPA; a hook on the
+    pattern, scores, q/k/v or z (or a split-input setting) sends that call down the
+    reimplementation as before. Models without SDPA (Gemma-2's attention soft-capping) keep
+    eager attention. Returns how many attention modules were switched.
+    """
+    from transformer_lens.hook_points import HookPoint
+    from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+    hf_model = bridge.original_model
+    if not getattr(hf_model, "_supports_sdpa", False):
+        return 0
+    try:
+        hf_model.set_attn_implementation("sdpa")
+    except Exception:  # transformers refuses models its SDPA path can't run; they stay eager
+        return 0
+    switched = 0
+    for module in bridge.modules():
+        if not isinstance(module, AttentionBridge) or type(module).forward is AttentionBridge.forward:
+            continue
+        outer = (module.hook_in, module.hook_out)
+        inner = [m for m in module.modules() if isinstance(m, HookPoint) and all(m is not o for o in outer)]
+        # nn.Module.__call__ looks forward up on the instance; the bridge's __setattr__
+        # would hand the attribute to the wrapped module, so it is set directly.
+        object.__setattr__(module, "forward", _FastAttentionForward(module, inner))
+        switched += 1
+    return switched
+
+
+class _FastAttentionForward:
+    """An attention bridge's forward: SDPA through the wrapped module, or the bridge's own path when hooked."""
+
+    SPLIT_SETTINGS = ("use_split_qkv_input", "use_attn_in", "use_attn_result")
+
+    def __init__(self, attention, inner_hook_points) -> None:
+        self.attention, self.inner = attention, inner_hook_points
+
+    def __call__(self, *args, **kwargs):
+        from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
+
+        attention = self.attention
+        config = attention.config
+        hooked = any(h._forward_hooks or h._forward_pre_hooks or h._backward_hooks for h in self.inner)
+        if hooked or any(getattr(config, s, False) for s in self.SPLIT_SETTINGS):
+            return type(attention).forward(attention, *args, **kwargs)
+        return AttentionBridge.forward(attention, *args, **kwargs)
+
+
 Progress = Callable[[str, "float | None"], None]
 
 
@@ -282,6 +355,7 @@ def load_model(
     backend: str = "transformer_lens",
     remote: bool = False,
     api_key: str | None = None,
+    fast_attention: bool = True,
 ) -> LensModel | NnsightModel:
     """Boot a hub id or a local Hugging Face folder, with the tokenizer from the same place.
 
@@ -290,6 +364,7 @@ def load_model(
     ``progress(message, fraction_or_None)`` hears what is happening, for a UI to show.
     ``backend="nnsight"`` wraps the model in nnsight instead (lens/nnsight_backend.py);
     with ``remote=True`` it runs on NDIF, with ``api_key`` or NDIF_API_KEY.
+    ``fast_attention`` runs attention on SDPA while nothing hooks it (:func:`use_fast_attention`).
     """
     if backend == "nnsight":
         from lens.nnsight_backend import load_nnsight_model
@@ -322,6 +397,8 @@ def load_model(
     except Exception as exc:  # the libraries raise many types; people need one line
         raise LensError(f"Could not load model '{shown}': {_first_line(exc)}") from exc
     bridge.eval()
+    if fast_attention:
+        use_fast_attention(bridge)
     report(f"{shown} is ready", 1.0)
     return LensModel(bridge=bridge, tokenizer=tokenizer, name=shown)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from lens import LensError, LensResult, load_model, retarget, run_lens
+from lens import LensError, LensResult, engine, load_model, retarget, run_lens
 from lens.cli import main as cli_main
 from lens.tokens import readable
 from tests.conftest import ROOT, STORIES
@@ -35,6 +35,23 @@ def test_target_probability_logit_and_rank_are_exact(stories):
         expected_rank = 1 + (logits > logits[..., token_id : token_id + 1]).sum(-1).numpy()
         np.testing.assert_array_equal(result.target_ranks[t], expected_rank)
     assert result.target_ranks[0, -1, -1] == 1  # the output names Lily
+
+
+def test_ranks_of_several_targets_equal_a_brute_force_count_across_chunks(gpt2_small_random):
+    """A 50,257-token vocabulary in two chunks of many slabs: each rank is 1 + #(fp32 logits above the target's)."""
+    model, _ = gpt2_small_random
+    prompt = "The Eiffel Tower is in the city of Paris, which is the capital of France. " * 6
+    result = run_lens(model, prompt, targets=[" the", " Paris", 50256, 0], keep_unembed_input=True)
+    assert result.n_positions * result.n_rows > engine._chunk_cells(model.d_vocab)  # more than one chunk
+    for r in range(result.n_rows):
+        logits = torch.from_numpy(result.unembed_input[r]) @ model.unembed_weight  # [positions, vocab], fp32
+        np.testing.assert_allclose(result.log_normalizer[r], torch.logsumexp(logits.double(), -1), atol=1e-4)
+        for t, token_id in enumerate(result.target_ids):
+            target = logits[:, token_id : token_id + 1]
+            np.testing.assert_array_equal(result.target_ranks[t, r], 1 + (logits > target).sum(-1).numpy())
+            np.testing.assert_array_equal(result.target_logits[t, r], target[:, 0].numpy())
+    moved = retarget(model, result, [0, " Paris"])
+    np.testing.assert_array_equal(moved.target_ranks, result.target_ranks[[3, 1]])
 
 
 def test_retarget_matches_a_fresh_run_without_forward_pass(stories, monkeypatch):

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
-from lens import run_lens
+from lens import LensModel, load_model, run_lens
 from tests.conftest import STORIES
 from tests.reference import assert_top_ids_match, reference_lens
 
@@ -65,3 +68,42 @@ def test_parity_gemma2_soft_capped_logits(gemma2_random):
     assert model.softcap == 5.0
     result = _check_parity(model, reference, PROMPTS["neox"])
     assert result.top_probs.max() < 1  # a cap of 5 keeps every distribution soft
+
+
+def _residuals_and_sdpa_calls(model, token_ids, monkeypatch, extra_hooks=()):
+    """Every block's output from run_with_cache, and how many SDPA kernels the pass ran."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting)
+    hooks = [f"blocks.{i}.hook_resid_post" for i in range(model.n_layers)]
+    with torch.no_grad():
+        _, cache = model.bridge.run_with_cache(torch.tensor([token_ids]), names_filter=hooks + list(extra_hooks))
+    monkeypatch.undo()
+    return cache, len(calls)
+
+
+@pytest.mark.parametrize("family", ["stories", "neox", "gemma2"])
+def test_fast_attention_gives_the_eager_residuals(family, request, monkeypatch, gpt2_tokenizer):
+    """SDPA where nothing hooks attention; TransformerLens's eager path, and its pattern, where something does."""
+    if family == "stories":
+        fast, eager = request.getfixturevalue("stories"), load_model(str(STORIES), fast_attention=False)
+    else:
+        fast, reference = request.getfixturevalue(f"{family}_random")
+        eager = LensModel.from_hf(copy.deepcopy(reference), gpt2_tokenizer, fast_attention=False)
+    ids = fast.tokenizer(PROMPTS["neox"] * 3, add_special_tokens=False)["input_ids"]
+    expected, eager_calls = _residuals_and_sdpa_calls(eager, ids, monkeypatch, ["blocks.0.attn.hook_pattern"])
+    got, fast_calls = _residuals_and_sdpa_calls(fast, ids, monkeypatch)
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=0)
+    hooked, hooked_calls = _residuals_and_sdpa_calls(fast, ids, monkeypatch, ["blocks.0.attn.hook_pattern"])
+    torch.testing.assert_close(hooked["blocks.0.attn.hook_pattern"], expected["blocks.0.attn.hook_pattern"])
+    assert eager_calls == 0
+    if family == "gemma2":  # attention soft-capping: SDPA can't, so the model stays eager
+        assert fast_calls == hooked_calls == 0
+    else:
+        assert (fast_calls, hooked_calls) == (fast.n_layers, fast.n_layers - 1)
