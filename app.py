@@ -17,4 +17,5 @@ pages = st.navigation(
 )
 page.style()
 st.session_state["settings"] = sidebar.render()
+page.warn_about_settings()
 pages.run()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lens.engine import POINTS, run_lens
 from lens.errors import LensError
+from lens.exports import safe_csv
 from lens.model import DEFAULT_MODEL, load_model
 from lens.result import LensResult
 
@@ -25,7 +26,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lens",
         description="Logit lens: the model's next-token guess after every layer, for each position of a prompt.",
     )
-    parser.add_argument("prompt", help="the text to read")
+    parser.add_argument(
+        "prompt", nargs="?", help="the text to read; '-' reads it from standard input (or use --prompt-file)"
+    )
+    parser.add_argument("--prompt-file", type=Path, metavar="FILE", help="read the prompt from this UTF-8 file")
     parser.add_argument(
         "--model",
         default=DEFAULT_MODEL,
@@ -86,7 +90,7 @@ def render(result: LensResult, fmt: str) -> str:
     if fmt == "json":
         return result.to_json()
     if fmt == "csv":
-        return result.to_frame().to_csv(index=False)
+        return safe_csv(result.to_frame())
     return format_table(result)
 
 
@@ -103,13 +107,30 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore")
 
 
+def read_prompt(argument: str | None, prompt_file: Path | None) -> str:
+    """The prompt from the command line, a file, or standard input ('-'): the OS caps arguments near 128 KiB."""
+    if (argument is None) == (prompt_file is None):
+        raise LensError("Give the prompt as an argument, '-' for standard input, or --prompt-file FILE (one of them).")
+    if prompt_file is not None:
+        data, source = prompt_file.read_bytes(), str(prompt_file)
+    elif argument == "-":
+        data, source = sys.stdin.buffer.read(), "standard input"
+    else:
+        return argument
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LensError(f"The prompt in {source} is not UTF-8 text (byte {exc.start + 1}).") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
         args = build_parser().parse_args(argv)
+        prompt = read_prompt(args.prompt, args.prompt_file)
         model = load_model(args.model, device=args.device)
         result = run_lens(
-            model, args.prompt, top_k=args.top_k, targets=args.target, prepend_bos=args.prepend_bos, points=args.points
+            model, prompt, top_k=args.top_k, targets=args.target, prepend_bos=args.prepend_bos, points=args.points
         )
         for warning in result.warnings:
             print(f"warning: {warning}", file=sys.stderr)

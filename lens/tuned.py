@@ -153,7 +153,7 @@ class TunedLens(torch.nn.Module):
             raise
         except Exception as exc:  # noqa: BLE001 - torch and json raise many types (UnpicklingError, zip errors)
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise LensError(f"'{folder}' is not a usable tuned lens folder: {reason[:200]}") from exc
+            raise LensError(f"'{folder}' is not a tuned lens folder: {reason[:200]}") from exc
         return lens.eval()
 
 

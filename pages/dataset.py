@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from lens import charts
+from lens.exports import safe_csv
 from ui import config, corpus_input, page
 
 page.run_through_app()
@@ -96,6 +97,4 @@ for left, right in zip(metrics[0::2], metrics[1::2], strict=True):
     a.altair_chart(charts.corpus_chart(table, left), width="content")
     b.altair_chart(charts.corpus_chart(table, right), width="content")
 st.dataframe(table.set_index(["source", "layer"]), width="stretch")
-st.download_button(
-    "Download the table (CSV)", table.to_csv(index=False), "lens-dataset.csv", "text/csv", key="corpus_csv"
-)
+st.download_button("Download the table (CSV)", safe_csv(table), "lens-dataset.csv", "text/csv", key="corpus_csv")

@@ -17,6 +17,7 @@ import streamlit as st
 
 import lens
 from lens import charts
+from lens.exports import safe_csv
 from ui import cached, config
 from ui.sidebar import Settings
 
@@ -51,6 +52,12 @@ def run_through_app() -> None:
 def style() -> None:
     """Page-wide CSS: heatmap labels let clicks and hovers through to the cell beneath."""
     st.html("<style>[data-testid=stVegaLiteChart] g.mark-text text { pointer-events: none; }</style>")
+
+
+def warn_about_settings() -> None:
+    """Settings the server could not read: the operator sees them on the page (and once in the log)."""
+    for problem in config.limits().problems:
+        st.warning(f"Server setting ignored: {problem}", icon=":material/settings:")
 
 
 def settings() -> Settings:
@@ -166,9 +173,19 @@ def query(s: Settings, **changes) -> cached.LensQuery:
 
 
 def check_length(model: lens.LensModel, q: cached.LensQuery) -> None:
-    """Refuse prompts over the server's token limit before running anything."""
+    """Refuse prompts over the server's token limit before running anything.
+
+    A prompt of more characters than any such prompt could have is refused before the
+    tokenizer sees it: tokenizing a megabyte takes seconds, on every rerun.
+    """
+    server = config.limits()
+    limit = server.max_tokens
+    if isinstance(q.prompt, str) and len(q.prompt) > server.max_prompt_chars:
+        raise lens.LensError(
+            f"The prompt is {len(q.prompt):,} characters long; this server reads at most {limit} tokens "
+            f"(LENS_MAX_TOKENS), so at most {server.max_prompt_chars:,} characters."
+        )
     n = len(lens.tokenize_prompt(model, q.prompt, q.prepend_bos))
-    limit = config.limits().max_tokens
     if n > limit:
         raise lens.LensError(f"The prompt is {n} tokens long; this server reads at most {limit} (LENS_MAX_TOKENS).")
 
@@ -268,7 +285,7 @@ def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str)
     cols = st.columns([1, 1, 1, 1, 6], gap="small")
     cols[0].download_button(
         "CSV",
-        lambda: result.to_frame().to_csv(index=False),
+        lambda: safe_csv(result.to_frame()),
         f"{stem}.csv",
         "text/csv",
         key=f"{stem}_csv",
@@ -287,22 +304,39 @@ def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str)
 
 
 def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | None:
-    """A slider over positions for long prompts; moving it recomputes nothing."""
+    """A slider over positions for long prompts; moving it recomputes nothing.
+
+    A new prompt starts at its last positions. Its slider is a new widget, which
+    Streamlit seeds from the old prompt's ``window`` still in the URL (and a bound URL
+    parameter can't be deleted), so the reset is set on a rerun, once the widget exists.
+    """
     n = result.n_positions
+    default = (max(0, n - width), n - 1)
+    shown_for = (result.prompt, n)
+    changed = st.session_state.get("window_for", shown_for) != shown_for
+    st.session_state["window_for"] = shown_for
     if n <= width:
         return None
     stored = st.session_state.get("window")
-    if stored is not None and not (0 <= stored[0] <= stored[1] <= n - 1):
-        st.session_state["window"] = (max(0, n - width), n - 1)
+    if st.session_state.pop("window_reset", False) or (
+        stored is not None and not (0 <= stored[0] <= stored[1] <= n - 1)
+    ):
+        st.session_state["window"] = default
     first, last = st.slider(
         "Positions shown",
         0,
         n - 1,
-        (n - width, n - 1),
+        default,
         key="window",
         bind="query-params",
         help="Long prompts show a window of positions so the tokens stay readable.",
     )
+    if changed and (first, last) != default:
+        st.session_state["window_reset"] = True
+        st.rerun()
+    if first > last:
+        st.info(f"The positions asked for ({first} to {last}) run backwards; showing {last} to {first}.")
+        first, last = last, first
     return first, last + 1
 
 
