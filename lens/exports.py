@@ -21,10 +21,13 @@ def escape_cell(value: object) -> object:
 
 
 def safe_csv(frame: pd.DataFrame) -> str:
-    """``frame.to_csv(index=False)`` with every text cell and column name escaped (OWASP CSV injection)."""
+    """``frame.to_csv(index=False)`` with every text cell and column name escaped (OWASP CSV injection).
+
+    Lines end in CRLF (RFC 4180), so a cell holding a bare carriage return is quoted too.
+    """
     escaped = frame.copy()
     for column in escaped.columns:
         if escaped[column].dtype == object or pd.api.types.is_string_dtype(escaped[column]):
             escaped[column] = escaped[column].map(escape_cell)
     escaped.columns = [escape_cell(str(c)) for c in escaped.columns]
-    return escaped.to_csv(index=False)
+    return escaped.to_csv(index=False, lineterminator="\r\n")
