@@ -329,11 +329,13 @@ def test_unparsable_settings_warn_the_operator_on_the_page_and_once_in_the_log(a
 
     monkeypatch.setenv("LENS_MAX_TOKENS", "abc")
     monkeypatch.setenv("LENS_CACHE_MB", "-3")
+    monkeypatch.setenv("LENS_ALLOW_LOCAL", "yes")
     app.run()
     assert not app.exception and not app.error
     shown = [w.value for w in app.warning]
     assert any("LENS_MAX_TOKENS='abc' is not a whole number" in w for w in shown), shown
     assert any("LENS_CACHE_MB=-3 is below 1" in w for w in shown), shown
+    assert any("LENS_ALLOW_LOCAL='yes' is neither 1 nor 0" in w for w in shown), shown
     config._log_once.cache_clear()
     caplog.clear()
     with caplog.at_level("WARNING", logger="lens.settings"):

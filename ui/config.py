@@ -66,7 +66,7 @@ def limits() -> ServerLimits:
         max_corpus_tokens=_setting_int("LENS_MAX_CORPUS_TOKENS", 20_000, 2, problems),
         max_train_steps=_setting_int("LENS_MAX_TRAIN_STEPS", 1000, 1, problems),
         allowlist=allow,
-        allow_local=os.environ.get("LENS_ALLOW_LOCAL", "").strip() == "1",
+        allow_local=_setting_switch("LENS_ALLOW_LOCAL", problems),
         default_model=os.environ.get("LENS_DEFAULT_MODEL", "").strip() or lens.DEFAULT_MODEL,
         cache_mb=_setting_int("LENS_CACHE_MB", DEFAULT_CACHE_MB, 1, problems),
         model_cache_mb=_setting_int("LENS_MODEL_CACHE_MB", DEFAULT_MODEL_CACHE_MB, 1, problems),
@@ -91,6 +91,14 @@ def _setting_int(name: str, default: int, least: int, problems: list[str]) -> in
         problems.append(f"{name}={value} is below {least}; using {least}.")
         return least
     return value
+
+
+def _setting_switch(name: str, problems: list[str]) -> bool:
+    """An on/off setting: 1 is on; anything but 1, 0 or nothing stays off, and says so."""
+    raw = os.environ.get(name, "").strip()
+    if raw not in ("", "0", "1"):
+        problems.append(f"{name}={raw[:40]!r} is neither 1 nor 0; it stays off.")
+    return raw == "1"
 
 
 @cache
