@@ -306,9 +306,10 @@ def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str)
 def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | None:
     """A slider over positions for long prompts; moving it recomputes nothing.
 
-    A new prompt starts at its last positions. Its slider is a new widget, which
-    Streamlit seeds from the old prompt's ``window`` still in the URL (and a bound URL
-    parameter can't be deleted), so the reset is set on a rerun, once the widget exists.
+    A new prompt starts at its last positions. Its slider is a new widget (its range
+    changed), which Streamlit would give the old prompt's window, and then write that
+    into the URL. A window that came from a link is seeded into the new widget from the
+    URL whatever the session says, so that one is reset on a rerun.
     """
     n = result.n_positions
     default = (max(0, n - width), n - 1)
@@ -318,9 +319,8 @@ def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | No
     if n <= width:
         return None
     stored = st.session_state.get("window")
-    if st.session_state.pop("window_reset", False) or (
-        stored is not None and not (0 <= stored[0] <= stored[1] <= n - 1)
-    ):
+    out_of_range = stored is not None and not (0 <= stored[0] <= stored[1] <= n - 1)
+    if st.session_state.pop("window_reset", False) or changed or out_of_range:
         st.session_state["window"] = default
     first, last = st.slider(
         "Positions shown",
