@@ -45,9 +45,9 @@ def rss_mb(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
-def prompt(i: int) -> str:
-    """Distinct prompts of 100 to 1000 characters (about 20 to 200 GPT-2 tokens)."""
-    length = 100 + (i * 379) % 900
+def prompt(i: int, longest: int) -> str:
+    """Distinct prompts of 100 to ``longest`` characters (1000 characters: about 200 GPT-2 tokens)."""
+    length = 100 + (i * 379) % (longest - 100)
     return (f"Prompt number {i}. " + TEXT * 6)[:length]
 
 
@@ -71,15 +71,35 @@ def start_server(app_root: Path, model_dir: str) -> tuple[subprocess.Popen, str]
     sys.exit("streamlit did not start within 120 s")
 
 
-def wait_for_run(tab, marker: str) -> None:
-    """Until the URL carries the new prompt and the script has finished with a heatmap on the page."""
-    tab.wait_for_function(f"() => decodeURIComponent(location.search.replace(/\\+/g, ' ')).includes({marker!r})")
-    tab.wait_for_timeout(200)
-    tab.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]", timeout=600_000)
-    tab.locator("[data-testid=stVegaLiteChart]").first.wait_for(timeout=600_000)
+WATCH = """() => {
+    window.__lensRan = false;
+    const app = document.querySelector('[data-testid=stApp]');
+    // A fast run can flip running -> notRunning before the observer is called: read old values too.
+    new MutationObserver((records) => {
+        for (const r of records) {
+            if (r.oldValue === 'running' || app.getAttribute('data-test-script-state') === 'running') {
+                window.__lensRan = true;
+            }
+        }
+    }).observe(app, {attributes: true, attributeOldValue: true, attributeFilter: ['data-test-script-state']});
+}"""
+FINISHED = """() => window.__lensRan
+    && document.querySelector('[data-testid=stApp]').getAttribute('data-test-script-state') === 'notRunning'"""
 
 
-def soak(app_root: Path, model_dir: str, n_prompts: int) -> list[tuple[int, float]]:
+def submit(tab, box, text: str) -> None:
+    """Type a prompt and wait until the run it starts has finished (the page saw it start, then stop)."""
+    tab.evaluate(WATCH)
+    box.fill(text)
+    box.press("Control+Enter")
+    tab.wait_for_function(FINISHED, polling=100)
+    errors = tab.locator("[data-testid=stAlertContentError]")
+    if errors.count():
+        sys.exit(f"the app refused a prompt: {errors.first.inner_text()}")
+    tab.locator("[data-testid=stVegaLiteChart]").first.wait_for()
+
+
+def soak(app_root: Path, model_dir: str, n_prompts: int, longest: int) -> list[tuple[int, float]]:
     from playwright.sync_api import sync_playwright
 
     process, url = start_server(app_root, model_dir)
@@ -89,16 +109,13 @@ def soak(app_root: Path, model_dir: str, n_prompts: int) -> list[tuple[int, floa
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
             tab = browser.new_page(viewport={"width": 1500, "height": 1200})
             tab.set_default_timeout(600_000)
-            first = prompt(0)
-            tab.goto(f"{url}/?prompt={urllib.parse.quote(first)}")
-            wait_for_run(tab, first[:40])
+            tab.goto(f"{url}/?prompt={urllib.parse.quote(prompt(0, longest))}")
+            tab.locator("[data-testid=stVegaLiteChart]").first.wait_for()
+            tab.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]")
             curve.append((0, rss_mb(process.pid)))
             box = tab.locator("[data-testid=stSidebar] textarea").first
             for i in range(1, n_prompts + 1):
-                text = prompt(i)
-                box.fill(text)
-                box.press("Control+Enter")
-                wait_for_run(tab, text[:40])
+                submit(tab, box, prompt(i, longest))
                 if i % 10 == 0:
                     curve.append((i, rss_mb(process.pid)))
                     print(f"  after {i:4d} prompts: {curve[-1][1]:7.0f} MB", flush=True)
@@ -127,7 +144,8 @@ def main() -> None:
             GPT2TokenizerFast.from_pretrained(str(SHARED_MODELS / "gpt2-tokenizer")).save_pretrained(folder)
             model_dir = folder
         started = time.monotonic()
-        curve = soak(args.app_root.resolve(), model_dir, args.prompts)
+        # The demo's tokenizer makes more tokens of the same text, and it reads at most 256.
+        curve = soak(args.app_root.resolve(), model_dir, args.prompts, 600 if args.model == "demo" else 1000)
     base = curve[0][1]
     print(
         f"app: {args.app_root.resolve()} | model: {args.model} | {args.prompts} prompts in "
