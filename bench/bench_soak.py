@@ -113,6 +113,7 @@ def soak(app_root: Path, model_dir: str, n_prompts: int, longest: int) -> list[t
             tab.locator("[data-testid=stVegaLiteChart]").first.wait_for()
             tab.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]")
             curve.append((0, rss_mb(process.pid)))
+            print(f"  after loading and one prompt: {curve[-1][1]:7.0f} MB", flush=True)
             box = tab.locator("[data-testid=stSidebar] textarea").first
             for i in range(1, n_prompts + 1):
                 submit(tab, box, prompt(i, longest))
