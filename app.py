@@ -29,4 +29,5 @@ page.style()
 st.session_state["settings"] = sidebar.render()
 if st.session_state["settings"].model_name == "demo" and (note := st.session_state.get(sidebar.MODEL_NOTE)):
     st.info(note, icon=":material/cloud_off:")
+page.warn_about_settings()
 pages.run()

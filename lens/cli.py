@@ -12,6 +12,7 @@ from pathlib import Path
 from lens.architectures import listing
 from lens.engine import POINTS, run_lens
 from lens.errors import LensError
+from lens.exports import safe_csv
 from lens.model import DEFAULT_MODEL, load_model
 from lens.result import LensResult
 
@@ -26,7 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m lens",
         description="Logit lens: the model's next-token guess after every layer, for each position of a prompt.",
     )
-    parser.add_argument("prompt", nargs="?", help="the text to read")
+    parser.add_argument(
+        "prompt", nargs="?", help="the text to read; '-' reads it from standard input (or use --prompt-file)"
+    )
+    parser.add_argument("--prompt-file", type=Path, metavar="FILE", help="read the prompt from this UTF-8 file")
     parser.add_argument(
         "--list-architectures",
         action="store_true",
@@ -103,7 +107,7 @@ def render(result: LensResult, fmt: str) -> str:
     if fmt == "json":
         return result.to_json()
     if fmt == "csv":
-        return result.to_frame().to_csv(index=False)
+        return safe_csv(result.to_frame())
     return format_table(result)
 
 
@@ -125,21 +129,35 @@ def _status_to_stderr(message: str, fraction: float | None) -> None:
     print(f"ndif: {message}", file=sys.stderr)
 
 
+def read_prompt(argument: str | None, prompt_file: Path | None) -> str:
+    """The prompt from the command line, a file, or standard input ('-'): the OS caps arguments near 128 KiB."""
+    if (argument is None) == (prompt_file is None):
+        raise LensError("Give the prompt as an argument, '-' for standard input, or --prompt-file FILE (one of them).")
+    if prompt_file is not None:
+        data, source = prompt_file.read_bytes(), str(prompt_file)
+    elif argument == "-":
+        data, source = sys.stdin.buffer.read(), "standard input"
+    else:
+        return argument
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise LensError(f"The prompt in {source} is not UTF-8 text (byte {exc.start + 1}).") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_libraries()
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
+        args = build_parser().parse_args(argv)
         if args.list_architectures:
             sys.stdout.write(listing() + "\n")
             return 0
-        if args.prompt is None:
-            parser.error("the following arguments are required: prompt")
+        prompt = read_prompt(args.prompt, args.prompt_file)
         backend = args.backend or ("nnsight" if args.remote else "transformer_lens")
         model = load_model(args.model, device=args.device, backend=backend, remote=args.remote)
         result = run_lens(
             model,
-            args.prompt,
+            prompt,
             top_k=args.top_k,
             targets=args.target,
             prepend_bos=args.prepend_bos,

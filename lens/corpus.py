@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+import torch
 
-from lens.engine import capture_normed, cell_statistics, lens_rows, uses_bos
+from lens.engine import capture_normed_batch, cell_statistics, lens_rows, uses_bos
 from lens.errors import LensError
 from lens.model import LensModel
 from lens.tokens import is_byte_level, piece_bytes
 
 DEFAULT_MAX_TOKENS = 20_000
+BATCH_TOKENS = 1024  # padded tokens per forward pass: short texts share one, long windows go alone
 COLUMNS = [
     "layer",
     "n_tokens",
@@ -65,43 +67,60 @@ def corpus_stats(
     tokens are read; ``frame.attrs`` says how many texts and tokens were read and
     whether the cap cut the corpus.
     """
-    if max_tokens < 2:
-        raise LensError("max_tokens must be at least 2.")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 2:
+        raise LensError(f"max_tokens must be a whole number of at least 2, not {max_tokens!r}.")
+    if window is not None and (isinstance(window, bool) or not isinstance(window, (int, np.integer))):
+        raise LensError(f"window must be a whole number of tokens, not {window!r}.")
+    if isinstance(texts, str):
+        texts = [texts]
     rows = lens_rows(model, points)
     use_bos = uses_bos(model, prepend_bos)
-    window = min(window or model.n_ctx, model.n_ctx)
+    window = min(model.n_ctx if window is None else window, model.n_ctx)
     if window < 2 + use_bos:
         raise LensError(f"A window of {window} tokens is too short to predict anything.")
     translate = None
     if lens is not None:
         lens.check_compatible(model)
         translate = lens.translator_for(rows)
+    if isinstance(texts, Sequence):
+        for number, text in enumerate(texts, 1):
+            _check_corpus_text(text, number)
     byte_level = is_byte_level(model.tokenizer)
     expected_chars = sum(len(t) for t in texts) if isinstance(texts, Sequence) else None
     totals = _Totals(len(rows))
+    pending = _Batch(model, rows, translate, totals, byte_level)
     chars_done, n_texts, capped = 0, 0, False
     started = time.monotonic()
-    for text in texts:
-        if not isinstance(text, str) or not text.strip():
+
+    def flush() -> None:
+        nonlocal chars_done
+        chars_done += pending.read()
+        if progress is not None:
+            progress(*_progress_figures(totals.n_tokens, chars_done, expected_chars, max_tokens, started))
+
+    for number, text in enumerate(texts, 1):
+        _check_corpus_text(text, number)
+        if not text.strip():
             continue
         ids = list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
         n_texts += 1
         body = window - use_bos
         for start in range(0, len(ids), body):
             piece = ids[start : start + body]
-            budget = max_tokens - totals.n_tokens
+            budget = max_tokens - totals.n_tokens - pending.n_predicted
             if len(piece) - 1 + use_bos > budget:
                 piece, capped = piece[: budget + 1 - use_bos], True
             fed = [model.tokenizer.bos_token_id] * use_bos + piece
             if len(fed) >= 2:
-                _read_window(model, rows, fed, translate, totals, byte_level)
+                if not pending.fits(fed):
+                    flush()
+                pending.add(fed)
             if capped:
                 break
-        chars_done += len(text)
-        if progress is not None:
-            progress(*_progress_figures(totals.n_tokens, chars_done, expected_chars, max_tokens, started))
+        pending.chars += len(text)
         if capped:
             break
+    flush()
     if totals.n_tokens == 0:
         raise LensError("The texts hold no tokens to predict: give at least one text of two or more tokens.")
     frame = _frame(rows, totals)
@@ -109,10 +128,51 @@ def corpus_stats(
     return frame
 
 
-def _read_window(model, rows, fed: list[int], translate, totals: _Totals, byte_level: bool) -> None:
-    """Add one window's predictions (positions 0..n-2 predicting 1..n-1) to the totals."""
-    normed = capture_normed(model, fed, rows, translate)[:, :-1]
-    next_ids = fed[1:]
+def _check_corpus_text(text: object, number: int) -> None:
+    if not isinstance(text, str):
+        raise LensError(f"Text {number} is {type(text).__name__}, not a string: corpus_stats reads a list of texts.")
+
+
+class _Batch:
+    """Windows waiting to be read in one forward pass, right-padded to the longest.
+
+    Short texts each cost a whole forward pass when read one by one; batched, the cost
+    follows the tokens. Causal attention means a position never sees the padding after
+    it, so every real position reads exactly what it would alone.
+    """
+
+    def __init__(self, model: LensModel, rows, translate, totals: _Totals, byte_level: bool) -> None:
+        self.model, self.rows, self.translate, self.totals, self.byte_level = model, rows, translate, totals, byte_level
+        self.windows: list[list[int]] = []
+        self.chars = 0
+
+    @property
+    def n_predicted(self) -> int:
+        return sum(len(w) - 1 for w in self.windows)
+
+    def fits(self, fed: list[int]) -> bool:
+        longest = max([len(fed), *(len(w) for w in self.windows)])
+        return not self.windows or longest * (len(self.windows) + 1) <= BATCH_TOKENS
+
+    def add(self, fed: list[int]) -> None:
+        self.windows.append(fed)
+
+    def read(self) -> int:
+        """Add the batch's predictions to the totals; the characters of the texts it finished."""
+        if self.windows:
+            longest = max(len(w) for w in self.windows)
+            # Padding repeats each window's last token: a pad or BOS id could be masked or treated specially.
+            padded = [w + [w[-1]] * (longest - len(w)) for w in self.windows]
+            normed = capture_normed_batch(self.model, padded, self.rows, self.translate)
+            cells = torch.cat([normed[:, i, : len(w) - 1] for i, w in enumerate(self.windows)], dim=1)
+            next_ids = [t for w in self.windows for t in w[1:]]
+            _add_predictions(self.model, cells, next_ids, self.totals, self.byte_level)
+        chars, self.windows, self.chars = self.chars, [], 0
+        return chars
+
+
+def _add_predictions(model, normed, next_ids: list[int], totals: _Totals, byte_level: bool) -> None:
+    """Add predictions (each cell's position predicting ``next_ids`` there) to the totals."""
     stats = cell_statistics(model, normed, 1, [], next_ids=next_ids)
     log_prob_next = stats["next_logits"] - stats["log_normalizer"]
     top1 = stats["top_ids"][..., 0]

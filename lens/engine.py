@@ -75,9 +75,22 @@ def uses_bos(model: LensModel, prepend_bos: bool | None) -> bool:
     return model.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
 
 
+def check_text(text: object, what: str) -> None:
+    """Text the tokenizer can read: a str (not bytes) that encodes as UTF-8 (no lone surrogates)."""
+    if not isinstance(text, str):
+        raise LensError(f"{what} must be text (str), not {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LensError(
+            f"{what} is not valid text: character {exc.start + 1} is a lone surrogate (invalid UTF-8 input)."
+        ) from exc
+
+
 def tokenize_prompt(model: LensModel, prompt: str, prepend_bos: bool | None = None) -> list[int]:
     """The exact ids the model will be fed, after checking the prompt is usable."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    check_text(prompt, "The prompt")
+    if not prompt.strip():
         raise LensError("The prompt is empty: type some text to look at.")
     ids = _encode(model, prompt)
     if uses_bos(model, prepend_bos):
@@ -100,7 +113,8 @@ def tokenize_target(model: LensModel, target: str | int) -> list[int]:
         if not 0 <= int(target) < model.d_vocab:
             raise LensError(f"Token id {target} is outside the vocabulary (0 to {model.d_vocab - 1}).")
         return [int(target)]
-    if not isinstance(target, str) or target == "":
+    check_text(target, "A target token")
+    if target == "":
         raise LensError("A target token is empty.")
     context, joined = _encode(model, "\n"), _encode(model, "\n" + target)
     if joined[: len(context)] == context and len(joined) > len(context):
@@ -111,9 +125,12 @@ def tokenize_target(model: LensModel, target: str | int) -> list[int]:
 def resolve_targets(model: LensModel, targets: Sequence[str | int]) -> tuple[list[int], list[str], list[str]]:
     """Ids, shown names and warnings for the targets; several-token targets use their first token.
 
+    A single string or id is one target: iterating " Paris" would track its characters.
     A word typed without its leading space ("Lily") that splits into several tokens is
     read as its one-token spaced form (" Lily") when there is one: that is what people mean.
     """
+    if isinstance(targets, (str, int, np.integer)):
+        targets = [targets]
     ids, names, warnings = [], [], []
     for target in targets:
         pieces = tokenize_target(model, target)
@@ -144,13 +161,26 @@ def capture_normed(
 ) -> torch.Tensor:
     """One forward pass; the final-norm output at every row, [rows, positions, d_model] fp32.
 
+    ``translate(row_index, resid)`` (a tuned lens) maps a residual before the norm; the
+    last row is never translated, so it stays the model's output.
+    """
+    return capture_normed_batch(model, [list(token_ids)], rows, translate)[:, 0]
+
+
+def capture_normed_batch(
+    model: LensModel,
+    batch: Sequence[Sequence[int]],
+    rows: Sequence[Row],
+    translate: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """:func:`capture_normed` for equal-length sequences in one forward pass, [rows, batch, positions, d_model].
+
     The lock is held for the forward pass and the norm: both go through the shared
-    model's hook points. ``translate(row_index, resid)`` (a tuned lens) maps a residual
-    before the norm; the last row is never translated, so it stays the model's output.
+    model's hook points.
     """
     hooks = list(dict.fromkeys(r.hook for r in rows))
     device = model.unembed_weight.device
-    tokens = torch.tensor([list(token_ids)], dtype=torch.long, device=device)
+    tokens = torch.tensor([list(ids) for ids in batch], dtype=torch.long, device=device)
     with model.lock, torch.no_grad():
         try:
             # Stopping after the last block skips the model's own [positions x vocab] logits.
@@ -161,7 +191,7 @@ def capture_normed(
         for index, row in enumerate(rows):
             if row.hook not in cache:
                 raise LensError(f"Model '{model.name}' has no {row.hook.split('hook_')[-1]} point.")
-            resid = cache[row.hook][0]
+            resid = cache[row.hook]
             if translate is not None and index < len(rows) - 1:
                 resid = translate(index, resid)
             normed.append(model.final_norm(resid))
@@ -423,10 +453,15 @@ def release_freed_memory() -> None:
 
 
 def _names_array(model: LensModel, top_ids: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
-    """Readable names for every top-k id (and puts the ids back into ``stats``)."""
+    """Readable names for every top-k id (and puts the ids back into ``stats``).
+
+    An object array of shared strings: 8 bytes a cell, where fixed-width numpy strings
+    took 4 bytes per character of the longest name (15 MB of a 256-token result).
+    """
     stats["top_ids"] = top_ids
     unique, inverse = np.unique(top_ids, return_inverse=True)
-    names = np.array(model.token_name.many(unique.tolist()) or [""], dtype=str)
+    names = np.empty(max(len(unique), 1), dtype=object)
+    names[: len(unique)] = model.token_name.many(unique.tolist())
     return names[inverse].reshape(top_ids.shape)
 
 

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import torch
 
+from lens import budget
 from lens.architectures import check_architecture
 from lens.errors import LensError
 from lens.tokens import TokenNamer
@@ -187,6 +188,10 @@ def resolve_model_source(name_or_path: str) -> tuple[str, str]:
     model loads with no network; an uncached one needs the hub, which is probed with a
     short timeout instead of the libraries' 40 s of retries.
     """
+    if isinstance(name_or_path, Path):
+        name_or_path = str(name_or_path)
+    if name_or_path is not None and not isinstance(name_or_path, str):
+        raise LensError(f"A model is named by a string (hub id or folder), not {type(name_or_path).__name__}.")
     name = (name_or_path or "").strip()
     if not name:
         raise LensError("No model given: name a Hugging Face model id or a model folder.")
@@ -199,6 +204,7 @@ def resolve_model_source(name_or_path: str) -> tuple[str, str]:
         raise LensError(f"There is no model folder at '{name}'.")
     if not _REPO_ID.match(name):
         raise LensError(f"'{name}' is neither a Hugging Face model id (like openai-community/gpt2) nor a model folder.")
+    _check_repo_id(name)
     cached = _cached_snapshot(name)
     if cached is not None:
         return cached, name
@@ -208,6 +214,21 @@ def resolve_model_source(name_or_path: str) -> tuple[str, str]:
             "and the model is not in the local cache."
         )
     return name, name
+
+
+def _check_repo_id(name: str) -> None:
+    """The hub library's own rules ('--', '..', 96 characters at most), as one line."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as exc:
+        shown = name if len(name) <= 100 else name[:100] + "…"
+        raise LensError(
+            f"'{shown}' is not a valid Hugging Face model id (letters, digits, '-', '_' and '.'; "
+            "no '--' or '..'; at most 96 characters)."
+        ) from exc
 
 
 def _model_folder(path: Path, shown: str) -> str:
@@ -378,7 +399,9 @@ def load_model(
         raise LensError("Remote runs go through nnsight: pass backend='nnsight' with remote=True.")
     report = progress or (lambda message, fraction: None)
     source, shown = resolve_model_source(name_or_path)
+    budget.limit_torch_threads()
     try:
+        budget.check_model_size(source, shown)
         report("Starting TransformerLens", None)
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoTokenizer
@@ -395,12 +418,22 @@ def load_model(
     except LensError:
         raise
     except Exception as exc:  # the libraries raise many types; people need one line
+        if _pickled_weights_only(source):
+            raise LensError(
+                f"Could not load model '{shown}': its weights are a pickled .bin file that could not be read "
+                "safely; the lens needs safetensors."
+            ) from exc
         raise LensError(f"Could not load model '{shown}': {_first_line(exc)}") from exc
     bridge.eval()
     if fast_attention:
         use_fast_attention(bridge)
     report(f"{shown} is ready", 1.0)
     return LensModel(bridge=bridge, tokenizer=tokenizer, name=shown)
+
+
+def _pickled_weights_only(source: str) -> bool:
+    folder = Path(source)
+    return folder.is_dir() and not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin"))
 
 
 def _first_line(exc: BaseException) -> str:

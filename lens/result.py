@@ -115,7 +115,7 @@ class LensResult:
                 value = None
             if f.name in _ARRAY_FIELDS and value is not None:
                 value = {
-                    "dtype": value.dtype.str if value.dtype.kind != "U" else "str",
+                    "dtype": value.dtype.str if value.dtype.kind not in "UO" else "str",
                     "shape": list(value.shape),
                     "data": value.ravel().tolist(),
                 }
@@ -131,7 +131,7 @@ class LensResult:
         for name in _ARRAY_FIELDS:
             spec = payload.get(name)
             if spec is not None:
-                dtype = str if spec["dtype"] == "str" else np.dtype(spec["dtype"])
+                dtype = object if spec["dtype"] == "str" else np.dtype(spec["dtype"])
                 payload[name] = np.array(spec["data"], dtype=dtype).reshape(spec["shape"])
         return cls(**payload)
 

@@ -12,9 +12,12 @@ Saved lenses use the tuned-lens project's folder format (``config.json`` and
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
+import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lens.budget import check_fits
 from lens.engine import Row, lens_rows, uses_bos
 from lens.errors import LensError
 from lens.model import LensModel
@@ -112,24 +116,64 @@ class TunedLens(torch.nn.Module):
             (folder / "history.json").write_text(json.dumps(self.history))
         return folder
 
+    def archive(self) -> bytes:
+        """The saved folder as a zip, for a download when the server can't keep it on disk."""
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = self.save(Path(tmp) / "lens")
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                for file in sorted(folder.iterdir()):
+                    archive.write(file, file.name)
+        return buffer.getvalue()
+
     @classmethod
     def load(cls, path_or_model: str | Path) -> TunedLens:
-        """Load a lens folder, or a published lens by model name from the hub."""
+        """Load a lens folder, or a published lens by model name from the hub.
+
+        Whatever the files hold, the result is a lens or one LensError line: the config's
+        size is checked before anything is allocated, and params.pt is read with
+        ``weights_only``, so a pickled payload never runs.
+        """
         folder = Path(path_or_model)
         if not folder.is_dir():
             folder = _download_published(str(path_or_model))
         try:
-            raw = json.loads((folder / "config.json").read_text())
-            known = {k: raw[k] for k in TunedLensConfig.__dataclass_fields__ if k in raw}
-            lens = cls(TunedLensConfig(**known))
+            raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            if not isinstance(raw, dict):
+                raise ValueError("config.json is not a JSON object")
+            config = TunedLensConfig(**{k: raw[k] for k in TunedLensConfig.__dataclass_fields__ if k in raw})
+            _check_config(config)
+            lens = cls(config)
             state = torch.load(folder / "params.pt", map_location="cpu", weights_only=True)
             lens.translators.load_state_dict(state)
-        except (OSError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise LensError(f"'{folder}' is not a tuned lens folder: {str(exc).splitlines()[0]}") from exc
-        history = folder / "history.json"
-        if history.is_file():
-            lens.history = json.loads(history.read_text())
+            history = folder / "history.json"
+            if history.is_file():
+                lens.history = _read_history(history)
+        except LensError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - torch and json raise many types (UnpicklingError, zip errors)
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LensError(f"'{folder}' is not a tuned lens folder: {reason[:200]}") from exc
         return lens.eval()
+
+
+def _check_config(config: TunedLensConfig) -> None:
+    """Whole, positive dimensions that fit the memory budget, before a translator is allocated."""
+    for name in ("d_model", "num_hidden_layers"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise LensError(f"A tuned lens's config.json gives {name} = {value!r}; it must be a positive whole number.")
+    d = config.d_model
+    check_fits(config.num_hidden_layers * (d * d + d), "This tuned lens")
+
+
+def _read_history(path: Path) -> list[float]:
+    history = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(history, list) or not all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in history
+    ):
+        raise ValueError("history.json is not a list of numbers")
+    return [float(x) for x in history]
 
 
 def _hidden_index(row: Row) -> int | None:
@@ -188,8 +232,13 @@ def train_tuned_lens(
     Layers are fitted one after another, so memory holds one layer's [tokens x vocab]
     logits at a time. The same seed, texts and settings give the same lens.
     """
-    if steps < 1 or not math.isfinite(lr) or lr <= 0:
-        raise LensError("Training needs at least one step and a positive learning rate.")
+    for name, value, least in (("steps", steps, 1), ("window", window, 2)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
+            raise LensError(f"{name} must be a whole number of at least {least}, not {value!r}.")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        raise LensError(f"The learning rate must be a positive number, not {lr!r}.")
+    if isinstance(texts, str):
+        texts = [texts]
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise LensError("Give some text to train the tuned lens on.")

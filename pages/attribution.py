@@ -10,6 +10,7 @@ import lens
 from lens import attribution_charts as charts
 from lens import charts as lens_charts
 from lens.attribution import CellWrites, cell_writes, head_attention, token_text
+from lens.exports import safe_csv
 from ui import cached, exports, page
 
 
@@ -197,7 +198,7 @@ target_named = attribution.target + (f" − {attribution.contrast}" if attributi
 lines = exports.describe_run(explained.model_name, explained.lens_kind, explained.prompt, [target_named])
 exports.buttons(
     "attribution",
-    attribution.to_frame().to_csv(index=False).encode(),
+    safe_csv(attribution.to_frame()).encode(),
     attribution.to_json(),
     exports.titled(charts.layer_bars(attribution, width=560), f"Attribution at {explained.row}", lines),
     csv_help="One row per part (embedding, head, MLP, biases): its contribution; they add up to the logit.",

@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from lens import charts
+from lens.exports import safe_csv
 from ui import config, corpus_input, page
 
 URL_TEXT_LIMIT = 2000  # characters of pasted text kept in the page's link
@@ -112,7 +113,7 @@ with st.container(key="corpus_charts"):
 st.dataframe(table.set_index(["source", "layer"]), width="stretch")
 st.download_button(
     "Download the table (CSV)",
-    table.to_csv(index=False),
+    safe_csv(table),
     "lens-dataset.csv",
     "text/csv",
     key="corpus_csv",

@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from lens import charts
+from lens import LensError, charts
 from lens.tuned import train_tuned_lens, training_key
 from ui import cached, config, corpus_input, lenses, ndif, page
 
@@ -55,15 +55,20 @@ texts = (
 )
 limit = config.limits().max_train_steps
 left, middle, right = st.columns(3)
-steps = left.slider(
-    "Steps",
-    10,
-    limit,
-    min(300, limit),
-    step=10,
-    key="train_steps",
-    help="Each step reads one window of text. More steps fit better and take longer.",
-)
+if limit > 1:
+    fewest, step = (10, 10) if limit >= 20 else (1, 1)  # a small LENS_MAX_TRAIN_STEPS gets single steps
+    steps = left.slider(
+        "Steps",
+        fewest,
+        limit,
+        min(300, limit),
+        step=step,
+        key="train_steps",
+        help="Each step reads one window of text. More steps fit better and take longer.",
+    )
+else:
+    steps = 1
+    left.caption("Steps: 1 (this server's limit, LENS_MAX_TRAIN_STEPS).")
 lr = middle.select_slider("Learning rate", [3e-4, 1e-3, 3e-3, 1e-2], 3e-3, key="train_lr")
 window = right.select_slider("Tokens per step", [32, 64, 128, 256], 64, key="train_window")
 if not texts:
@@ -76,7 +81,11 @@ if model.d_vocab * model.d_model > 60_000_000:
 folder = lenses.trained_folder(s.model_name, training_key(model, texts, steps, lr, window, seed=0))
 if (folder / "config.json").is_file():
     st.success("A lens with exactly these settings is already trained (it is kept on disk for every session).")
-    lens = cached.tuned_lens(str(folder))
+    try:
+        lens = cached.tuned_lens(str(folder))
+    except LensError as exc:
+        page.show_error(str(exc))
+        st.stop()
 elif st.button("Train", type="primary", key="train"):
 
     def work(report):
@@ -91,8 +100,23 @@ elif st.button("Train", type="primary", key="train"):
         list_lenses()
         page.show_error(str(exc))
         st.stop()
-    lens.save(folder)
-    st.success(f"Trained and saved. Pick it in the sidebar: Lens → Tuned lens → 'Trained here: {folder.name}'.")
+    try:
+        lens.save(folder)
+        st.success(f"Trained and saved. Pick it in the sidebar: Lens → Tuned lens → 'Trained here: {folder.name}'.")
+    except OSError as exc:
+        st.warning(
+            f"Trained, but this server can't keep it ({exc.strerror or exc}: {folder.parent}; see LENS_CACHE_DIR). "
+            "Download it instead: unzip it and load the folder with lens.tuned.TunedLens.load.",
+            icon=":material/warning:",
+        )
+        st.download_button(
+            "Download the tuned lens (zip)",
+            lens.archive(),
+            f"{folder.name}.zip",
+            "application/zip",
+            key="lens_zip",
+            on_click="ignore",
+        )
 else:
     list_lenses()
     st.stop()

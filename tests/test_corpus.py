@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from lens import LensError, corpus_stats
+from lens import LensError, corpus, corpus_stats
 from tests.conftest import STORIES
 
 TEXTS = [
@@ -70,7 +70,8 @@ def test_bits_per_byte_and_cap(stories):
     assert (frame.bits_per_byte > 0).all()
 
 
-def test_progress_reports_an_estimate(stories):
+def test_progress_reports_an_estimate(stories, monkeypatch):
+    monkeypatch.setattr(corpus, "BATCH_TOKENS", 40)  # one text per forward pass, so one report per text
     seen = []
     corpus_stats(stories, TEXTS, progress=lambda done, expected, left: seen.append((done, expected, left)))
     assert len(seen) == len(TEXTS) and seen[-1][0] == seen[-1][1]

@@ -110,8 +110,10 @@ def test_beats_the_unigram_baseline_on_heldout_text(hf_model, tokenizer, metrics
     # The baseline gets the sample's own most frequent token: no constant guess does better on this text.
     best_constant = float(np.bincount(targets).max() / len(targets))
     training_unigram = float(np.mean(targets == metrics["unigram_baseline"]["token_id"]))
-    print(f"held-out sample: {len(targets)} tokens, top-1 accuracy {accuracy:.3f}; "
-          f"best constant guess {best_constant:.3f}, training unigram guess {training_unigram:.3f}")
+    print(
+        f"held-out sample: {len(targets)} tokens, top-1 accuracy {accuracy:.3f}; "
+        f"best constant guess {best_constant:.3f}, training unigram guess {training_unigram:.3f}"
+    )
     assert len(targets) > 4000
     assert best_constant >= training_unigram
     assert accuracy > best_constant + 0.10

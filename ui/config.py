@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import lens
@@ -31,6 +33,11 @@ EXAMPLE_PROMPTS = (
     "def add(a, b):\n    return",
 )
 DEFAULT_PROMPT = EXAMPLE_PROMPTS[0]
+# Cached results (about 11 MB each for GPT-2 at 256 tokens): this much beside GPT-2 fits a 2.7 GB box.
+DEFAULT_CACHE_MB = 300
+# Loaded models kept at once, by their weights: GPT-2 small and Pythia-160m together in fp32.
+DEFAULT_MODEL_CACHE_MB = 1200
+CHARS_PER_TOKEN = 32
 
 
 @dataclass(frozen=True)
@@ -43,25 +50,62 @@ class ServerLimits:
     allowlist: tuple[str, ...]
     allow_local: bool
     default_model: str
+    cache_mb: int = DEFAULT_CACHE_MB
+    model_cache_mb: int = DEFAULT_MODEL_CACHE_MB
+    problems: tuple[str, ...] = ()  # settings that could not be read, for the operator
+
+    @property
+    def max_prompt_chars(self) -> int:
+        """Longer prompts are refused before tokenizing: no token is shorter than 1/32 of this, in practice."""
+        return self.max_tokens * CHARS_PER_TOKEN
 
 
 def limits() -> ServerLimits:
+    problems: list[str] = []
     allow = tuple(m.strip() for m in os.environ.get("LENS_MODEL_ALLOWLIST", "").split(",") if m.strip())
-    return ServerLimits(
-        max_tokens=_positive_int("LENS_MAX_TOKENS", 256),
-        max_corpus_tokens=_positive_int("LENS_MAX_CORPUS_TOKENS", 20_000),
-        max_train_steps=max(10, _positive_int("LENS_MAX_TRAIN_STEPS", 1000)),
+    server = ServerLimits(
+        max_tokens=_setting_int("LENS_MAX_TOKENS", 256, 2, problems),
+        max_corpus_tokens=_setting_int("LENS_MAX_CORPUS_TOKENS", 20_000, 2, problems),
+        max_train_steps=_setting_int("LENS_MAX_TRAIN_STEPS", 1000, 1, problems),
         allowlist=allow,
-        allow_local=os.environ.get("LENS_ALLOW_LOCAL", "").strip() == "1",
+        allow_local=_setting_switch("LENS_ALLOW_LOCAL", problems),
         default_model=os.environ.get("LENS_DEFAULT_MODEL", "").strip() or lens.DEFAULT_MODEL,
+        cache_mb=_setting_int("LENS_CACHE_MB", DEFAULT_CACHE_MB, 1, problems),
+        model_cache_mb=_setting_int("LENS_MODEL_CACHE_MB", DEFAULT_MODEL_CACHE_MB, 1, problems),
+        problems=tuple(problems),
     )
+    for problem in problems:
+        _log_once(problem)
+    return server
 
 
-def _positive_int(name: str, default: int) -> int:
-    try:
-        return max(2, int(os.environ.get(name, default)))
-    except ValueError:
+def _setting_int(name: str, default: int, least: int, problems: list[str]) -> int:
+    """A whole-number setting; one that can't be read falls back to its default, and says so."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
         return default
+    try:
+        value = int(raw)
+    except ValueError:
+        problems.append(f"{name}={raw[:40]!r} is not a whole number; using the default, {default}.")
+        return default
+    if value < least:
+        problems.append(f"{name}={value} is below {least}; using {least}.")
+        return least
+    return value
+
+
+def _setting_switch(name: str, problems: list[str]) -> bool:
+    """An on/off setting: 1 is on; anything but 1, 0 or nothing stays off, and says so."""
+    raw = os.environ.get(name, "").strip()
+    if raw not in ("", "0", "1"):
+        problems.append(f"{name}={raw[:40]!r} is neither 1 nor 0; it stays off.")
+    return raw == "1"
+
+
+@cache
+def _log_once(problem: str) -> None:
+    logging.getLogger("lens.settings").warning("Server setting ignored: %s", problem)
 
 
 def model_choices(server: ServerLimits) -> list[str]:

@@ -20,6 +20,7 @@ import streamlit as st
 
 import lens
 from lens import charts
+from lens.exports import safe_csv
 from ui import config
 
 
@@ -46,7 +47,7 @@ def titled(chart: alt.TopLevelMixin, heading: str, lines: Sequence[str]) -> alt.
 
 def result_files(result: lens.LensResult) -> tuple[bytes, str]:
     """CSV and JSON of one result."""
-    return result.to_frame().to_csv(index=False).encode(), result.to_json(include_unembed_input=False)
+    return safe_csv(result.to_frame()).encode(), result.to_json(include_unembed_input=False)
 
 
 def comparison_files(results: Mapping[str, lens.LensResult]) -> tuple[bytes, str]:
@@ -68,7 +69,7 @@ def comparison_files(results: Mapping[str, lens.LensResult]) -> tuple[bytes, str
         {"run": label, "result": json.loads(result.to_json(include_unembed_input=False))}
         for label, result in results.items()
     ]
-    return pd.concat(frames, ignore_index=True).to_csv(index=False).encode(), json.dumps(
+    return safe_csv(pd.concat(frames, ignore_index=True)).encode(), json.dumps(
         {"runs": runs}, ensure_ascii=False
     )
 

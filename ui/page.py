@@ -100,6 +100,12 @@ def style() -> None:
     st.html(f"<style>{CSS}</style><script>{FOCUSABLE_FRAMES}</script>", unsafe_allow_javascript=True)
 
 
+def warn_about_settings() -> None:
+    """Settings the server could not read: the operator sees them on the page (and once in the log)."""
+    for problem in config.limits().problems:
+        st.warning(f"Server setting ignored: {problem}", icon=":material/settings:")
+
+
 def settings() -> Settings:
     return st.session_state["settings"]
 
@@ -235,9 +241,19 @@ def query(s: Settings, **changes) -> cached.LensQuery:
 
 
 def check_length(model: lens.LensModel, q: cached.LensQuery) -> None:
-    """Refuse prompts over the server's token limit before running anything."""
+    """Refuse prompts over the server's token limit before running anything.
+
+    A prompt of more characters than any such prompt could have is refused before the
+    tokenizer sees it: tokenizing a megabyte takes seconds, on every rerun.
+    """
+    server = config.limits()
+    limit = server.max_tokens
+    if isinstance(q.prompt, str) and len(q.prompt) > server.max_prompt_chars:
+        raise lens.LensError(
+            f"The prompt is {len(q.prompt):,} characters long; this server reads at most {limit} tokens "
+            f"(LENS_MAX_TOKENS), so at most {server.max_prompt_chars:,} characters."
+        )
     n = len(lens.tokenize_prompt(model, q.prompt, q.prepend_bos))
-    limit = config.limits().max_tokens
     if n > limit:
         raise lens.LensError(f"The prompt is {n} tokens long; this server reads at most {limit} (LENS_MAX_TOKENS).")
 
@@ -342,22 +358,39 @@ def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str,
 
 
 def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | None:
-    """A slider over positions for long prompts; moving it recomputes nothing."""
+    """A slider over positions for long prompts; moving it recomputes nothing.
+
+    A new prompt starts at its last positions. Its slider is a new widget (its range
+    changed), which Streamlit would give the old prompt's window, and then write that
+    into the URL. A window that came from a link is seeded into the new widget from the
+    URL whatever the session says, so that one is reset on a rerun.
+    """
     n = result.n_positions
+    default = (max(0, n - width), n - 1)
+    shown_for = (result.prompt, n)
+    changed = st.session_state.get("window_for", shown_for) != shown_for
+    st.session_state["window_for"] = shown_for
     if n <= width:
         return None
     stored = st.session_state.get("window")
-    if stored is not None and not (0 <= stored[0] <= stored[1] <= n - 1):
-        st.session_state["window"] = (max(0, n - width), n - 1)
+    out_of_range = stored is not None and not (0 <= stored[0] <= stored[1] <= n - 1)
+    if st.session_state.pop("window_reset", False) or changed or out_of_range:
+        st.session_state["window"] = default
     first, last = st.slider(
         "Positions shown",
         0,
         n - 1,
-        (n - width, n - 1),
+        default,
         key="window",
         bind="query-params",
         help="Long prompts show a window of positions so the tokens stay readable.",
     )
+    if changed and (first, last) != default:
+        st.session_state["window_reset"] = True
+        st.rerun()
+    if first > last:
+        st.info(f"The positions asked for ({first} to {last}) run backwards; showing {last} to {first}.")
+        first, last = last, first
     return first, last + 1
 
 
