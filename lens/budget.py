@@ -10,7 +10,6 @@ quota sets torch's thread count, which otherwise follows the host's cores.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Mapping
@@ -116,14 +115,8 @@ def config_parameters(config: Mapping, name: str) -> int:
     return 2 * vocab * width + context * width + layers * (4 * width * width + 3 * width * ffn)
 
 
-def check_config(config_path: str | Path, name: str) -> None:
-    """Refuse a model folder whose config describes a model too big to build here."""
-    try:
-        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise LensError(f"'{name}' has an unreadable config.json: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(config, Mapping):
-        raise LensError(f"'{name}' has a config.json that is not a JSON object.")
+def check_config(config: Mapping, name: str) -> None:
+    """Refuse a config that describes a model too big to build here, before anything is allocated."""
     check_fits(config_parameters(config, name), f"Model '{name}'")
 
 
@@ -144,22 +137,13 @@ def hub_parameters(repo_id: str) -> float | None:
     return sum(sizes) / 2 if sizes else None
 
 
-def check_hub_model(repo_id: str) -> None:
-    """Before any weights are downloaded: the hub's size, then the config's dimensions, within budget."""
-    from huggingface_hub import hf_hub_download
-
-    n_parameters = hub_parameters(repo_id)
-    if n_parameters is not None:
-        check_fits(n_parameters, f"Model '{repo_id}'")
-    check_config(hf_hub_download(repo_id, "config.json"), repo_id)
-
-
-def check_model_size(source: str, shown: str) -> None:
-    """The size guard load_model calls: a local folder by its config, a hub id by the hub's answer."""
+def check_hub_size(source: str, shown: str) -> None:
+    """For a hub id, the hub's own parameter count within budget, before anything is downloaded."""
     if Path(source).is_dir():
-        check_config(Path(source) / "config.json", shown)
-    else:
-        check_hub_model(source)
+        return
+    n_parameters = hub_parameters(source)
+    if n_parameters is not None:
+        check_fits(n_parameters, f"Model '{shown}'")
 
 
 def cpu_quota() -> int:

@@ -401,12 +401,14 @@ def load_model(
     source, shown = resolve_model_source(name_or_path)
     budget.limit_torch_threads()
     try:
-        budget.check_model_size(source, shown)
+        budget.check_hub_size(source, shown)
+        config = read_config(source)
+        check_architecture(config)
+        budget.check_config(config, shown)
         report("Starting TransformerLens", None)
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoTokenizer
 
-        check_architecture(read_config(source))
         if not Path(source).is_dir():
             source = download_snapshot(source, progress)
         report(f"Reading the tokenizer and weights of {shown}", None)

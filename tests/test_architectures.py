@@ -20,7 +20,7 @@ import pytest
 import torch
 import transformers
 
-from lens import LensError, LensModel, run_lens
+from lens import LensError, LensModel, budget, run_lens
 from lens.architectures import ARCHITECTURES, EXACT
 from tests.conftest import ROOT, STORIES, require_shared
 from tests.reference import _blocks_and_norm, assert_top_ids_match, head_logits, reference_lens
@@ -302,6 +302,7 @@ def fake_hub(monkeypatch, tmp_path):
     monkeypatch.setattr(model_module, "_hub_offline", lambda: False)
     monkeypatch.setattr(model_module, "_cached_snapshot", lambda repo_id: None)
     monkeypatch.setattr(model_module, "download_snapshot", download)
+    monkeypatch.setattr(budget, "hub_parameters", lambda repo_id: None)  # no size metadata: the config decides
     return configs
 
 
@@ -345,7 +346,7 @@ def test_cli_lists_every_architecture_with_status_and_example(capsys):
         line = next(line for line in lines if line.startswith(name + " "))
         assert entry.example in line and entry.status in line
     assert main([]) == 2
-    assert "required: prompt" in capsys.readouterr().err
+    assert "Give the prompt" in capsys.readouterr().err
 
 
 def test_curated_models_are_of_exact_families():

@@ -102,10 +102,12 @@ def test_hub_model_that_fits_passes_unless_its_config_is_oversized(fake_hub, mon
     monkeypatch.setenv("LENS_MAX_MODEL_GB", "2.5")
     fake_hub["info"] = SimpleNamespace(safetensors=SimpleNamespace(total=124_000_000), siblings=[])
     fake_hub["config"] = str(DEMO / "config.json")
-    budget.check_hub_model("openai-community/gpt2")  # fits: no error
+    with pytest.raises(LensError) as fits:  # both checks pass: on to the (failing) weights download
+        load_model("openai-community/gpt2")
+    assert isinstance(fits.value.__cause__, AssertionError)
     fake_hub["config"] = str(demo_copy(tmp_path, n_layer=1_000_000) / "config.json")
     with pytest.raises(LensError, match="GB in fp32"):
-        budget.check_hub_model("openai-community/gpt2")
+        load_model("openai-community/gpt2")
 
 
 def test_local_config_with_a_million_layers_is_refused(tmp_path):
@@ -356,7 +358,7 @@ def test_window_resets_when_the_prompt_changes(app, stories):
         app.text_area(key="prompt").set_value(LONG + extra).run()
         assert not app.exception
         n = len(run_lens(stories, LONG + extra).tokens)
-        assert heatmap_positions(app) == list(range(n - 12, n))
+        assert heatmap_positions(app) == list(range(n - 16, n))  # the Lens page shows 16 positions
 
 
 # 4. Memory and CPU ------------------------------------------------------------------------------
