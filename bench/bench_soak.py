@@ -25,16 +25,8 @@ from pathlib import Path
 
 from common import ROOT, SHARED_MODELS, TEXT
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.browser_support import CHROMIUM, FLAGS  # the browser tests' Chromium and flags
+
 TARGET_MB = 400
 
 
