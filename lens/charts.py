@@ -157,6 +157,18 @@ def heatmap_frame(
     return frame[keep + [f"top {k + 1}" for k in range(result.top_k)]].reset_index(drop=True)
 
 
+def _grid(columns: Sequence[str], layers: Sequence[str], x_title: str) -> alt.Chart:
+    """A layer × position grid (output row on top) with no data: data goes on the layer, since
+    Altair hashes per-layer frames slowly."""
+    x = alt.X(
+        "column:O",
+        sort=list(columns),
+        title=x_title,
+        axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
+    )
+    return alt.Chart().encode(x=x, y=alt.Y("layer:O", sort=list(reversed(layers)), title="layer"))
+
+
 def heatmap(
     result: LensResult,
     metric: str = "top1_prob",
@@ -185,14 +197,7 @@ def heatmap(
         alt.Tooltip("value:Q", title=info.title, format=".3g"),
         *[alt.Tooltip(f"top {k + 1}:N") for k in range(result.top_k)],
     ]
-    x = alt.X(
-        "column:O",
-        sort=columns,
-        title="input token (position)",
-        axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
-    )
-    y = alt.Y("layer:O", sort=list(reversed(result.layers)), title="layer")
-    base = alt.Chart().encode(x=x, y=y)  # data goes on the layer: Altair hashes per-layer frames slowly
+    base = _grid(columns, result.layers, "input token (position)")
     scale = alt.Scale(
         type="log" if info.log else "linear",
         domain=_scale_stops(info, domain),
@@ -298,14 +303,7 @@ def difference_heatmap(
     bound = max(float(np.abs(diff).max()), 1e-6)
     quantity = f"log10 {info.title.split(' (')[0].lower()}" if info.log else info.title
     title = f"Difference: {labels[1]} − {labels[0]}"
-    x = alt.X(
-        "column:O",
-        sort=columns,
-        title="position from the end (A|B tokens)",
-        axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
-    )
-    y = alt.Y("layer:O", sort=list(reversed(a.layers)), title="layer")
-    base = alt.Chart().encode(x=x, y=y)
+    base = _grid(columns, a.layers, "position from the end (A|B tokens)")
     color = alt.Color(
         "value:Q",
         title=f"Δ {quantity}",
