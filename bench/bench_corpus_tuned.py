@@ -4,7 +4,8 @@
 
 On the GPT-2-small shape: tokens per second of corpus_stats and of the floors (Hugging Face's
 SDPA forward pass, or TransformerLens's, plus the bare vocab-major unembedding matmul of every
-row) over the same windows, taking turns; peak
+row) over the same windows, taking turns; many short lines, batched against one forward
+pass per line; peak
 memory (VmHWM, each in a fresh process) for a corpus and for one twice its size. Tuned-lens
 training: time and peak memory beyond the loaded model for a stated number of steps.
 """
@@ -56,6 +57,39 @@ def throughput(n_windows: int = 6, repeats: int = 3) -> None:
     )
 
 
+def short_lines(n_lines: int = 100, repeats: int = 3) -> None:
+    """The Dataset page's common case, many short lines: batched forward passes against one per line."""
+    from lens import corpus, corpus_stats
+
+    model = gpt2_small_random()
+    words = TEXT.split()
+    lines = [" ".join(words[i % 40 : i % 40 + 8 + i % 7]) for i in range(n_lines)]
+    one_per_pass = corpus.BATCH_TOKENS
+
+    def alone() -> None:
+        corpus.BATCH_TOKENS = 1  # every line fills a batch of its own
+        try:
+            corpus_stats(model, lines, window=WINDOW, max_tokens=10**9)
+        finally:
+            corpus.BATCH_TOKENS = one_per_pass
+
+    def batched() -> None:
+        corpus_stats(model, lines, window=WINDOW, max_tokens=10**9)
+
+    tokens = int(corpus_stats(model, lines, window=WINDOW, max_tokens=10**9).n_tokens.iloc[0])  # and warm-up
+    seconds: dict[str, list[float]] = {"alone": [], "batched": []}
+    for _ in range(repeats):
+        for name, method in (("alone", alone), ("batched", batched)):
+            start = time.perf_counter()
+            method()
+            seconds[name].append(time.perf_counter() - start)
+    alone_s, batched_s = statistics.median(seconds["alone"]), statistics.median(seconds["batched"])
+    print(
+        f"{n_lines} short lines ({tokens} predicted tokens): one forward pass per line {alone_s:.2f} s, "
+        f"batched {batched_s:.2f} s: {alone_s / batched_s:.1f}x faster (median of {repeats} turns)"
+    )
+
+
 def corpus_peak(n_windows: int) -> float:
     from lens import corpus_stats
 
@@ -96,6 +130,7 @@ def main() -> None:
         print(json.dumps(result))
         return
     throughput()
+    short_lines()
     small, large = in_fresh_process("peak", "4"), in_fresh_process("peak", "8")
     print(
         f"corpus_stats peak memory beyond the model: {small:.0f} MB for 4 windows, {large:.0f} MB for 8 "

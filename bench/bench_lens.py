@@ -63,13 +63,14 @@ def bare_unembed(model, normed) -> None:
     """The chunked vocab-major fp32 matmul of every cell with W_U, in run_lens's chunks: the fastest layout here."""
     import torch
 
-    from lens.engine import _chunk_cells
+    from lens.engine import _chunk_width, pad_positions, padded_width
 
     n_rows, n_pos, d_model = normed.shape
-    block = max(1, _chunk_cells(model.d_vocab) // n_rows)
+    block = _chunk_width(n_pos, n_rows, model.d_vocab)
     outputs = {}  # one reused output buffer per chunk width, as run_lens keeps
     for start in range(0, n_pos, block):
-        x = normed[:, start : start + block].reshape(-1, d_model)
+        chunk = normed[:, start : start + block]
+        x = pad_positions(chunk, padded_width(chunk.shape[1], n_rows)).reshape(-1, d_model)
         if x.shape[0] not in outputs:
             outputs[x.shape[0]] = torch.zeros(model.d_vocab, x.shape[0])
         torch.mm(model.unembed_rows, x.t(), out=outputs[x.shape[0]])
@@ -109,7 +110,7 @@ def forward_tl(model, prompt: str, hf=None) -> None:
     hooks = [r.hook for r in lens_rows(model)]
     tokens = torch.tensor([model.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        model.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=model.n_layers)
+        model.run_with_cache(tokens, hooks)
 
 
 FUNCTIONS = {

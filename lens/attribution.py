@@ -368,7 +368,7 @@ def cell_writes(
     tokens = torch.tensor([token_ids], dtype=torch.long, device=model.unembed_weight.device)
     with model.lock, torch.no_grad():
         try:
-            _, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=max(last + 1, 1))
+            cache = model.run_with_cache(tokens, hooks, stop_at_layer=max(last + 1, 1))
         except (ValueError, KeyError) as exc:
             raise LensError(f"Model '{model.name}' cannot provide the points attribution needs: {exc}") from exc
         if target_row.hook not in cache:
@@ -591,7 +591,7 @@ def head_attention(
     hook = f"blocks.{layer}.attn.hook_pattern"
     tokens = torch.tensor([token_ids], dtype=torch.long, device=model.unembed_weight.device)
     with model.lock, torch.no_grad():
-        _, cache = model.bridge.run_with_cache(tokens, names_filter=[hook], stop_at_layer=layer + 1)
+        cache = model.run_with_cache(tokens, [hook], stop_at_layer=layer + 1)
         if hook not in cache:
             raise LensError(f"Model '{model.name}' does not expose attention patterns.")
         weights = cache[hook][0, head, position, : position + 1].float().cpu().numpy()

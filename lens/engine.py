@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
@@ -36,8 +37,10 @@ if TYPE_CHECKING:
 
 POINTS = ("resid_pre", "resid_mid", "resid_post")
 CHUNK_BYTES = 144 * 2**20  # ~750 cells of GPT-2: vocab-major matmuls run fastest with many cells
-SLAB_BYTES = 32 * 2**20  # a slab of a chunk's logits, read once while it is in the shared L3 cache
+SLAB_BYTES = 8 * 2**20  # a slab of a chunk's logits, made by one matmul: it stays in the shared L3 cache
+REDUCE_BYTES = 1 * 2**20  # the part of a slab each reduction reads: it stays in a core's L2 cache
 TOPK_BLOCK = 64
+GEMM_CELLS = 8  # the matmul runs ~1.4x faster here when its cell count is a multiple of 8 (744 against 732)
 
 
 @dataclass(frozen=True)
@@ -183,8 +186,7 @@ def capture_normed_batch(
     tokens = torch.tensor([list(ids) for ids in batch], dtype=torch.long, device=device)
     with model.lock, torch.no_grad():
         try:
-            # Stopping after the last block skips the model's own [positions x vocab] logits.
-            _, cache = model.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=model.n_layers)
+            cache = model.run_with_cache(tokens, hooks)
         except (ValueError, KeyError) as exc:
             raise LensError(f"Model '{model.name}' cannot provide these residual points: {exc}") from exc
         normed = []
@@ -205,13 +207,14 @@ def _count_greater(
     """Add to ``counts`` [targets, cells] how many of a slab's logits beat each target's.
 
     ``logits`` is a vocab-major slab [rows, cells], ``target_logits`` [targets, cells] and
-    ``greater`` bool scratch at least the slab's shape. Comparing the raw logits, never
+    ``greater`` fp32 scratch at least the slab's shape. Comparing the raw logits, never
     shifted ones, keeps ranks exact: a shift can round two different logits to one value.
     """
     greater = greater[: logits.shape[0]]
     for j in range(target_logits.shape[0]):
-        # int32 sums of uint8 run ~3x faster here than int64 ones, and a slab is far below 2**31 rows.
-        counts[j] += torch.gt(logits, target_logits[j], out=greater).view(torch.uint8).sum(0, dtype=torch.int32)
+        # Comparisons written as fp32 0/1 and summed in fp32 run ~2x faster here than bool
+        # ones summed as integers; fp32 counts are exact far beyond a slab's 2**24 rows.
+        counts[j] += torch.gt(logits, target_logits[j], out=greater).sum(0).to(counts.dtype)
 
 
 def _top_k_columns(padded: torch.Tensor, block_max: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,14 +233,19 @@ def _top_k_columns(padded: torch.Tensor, block_max: torch.Tensor, k: int) -> tup
     return values, torch.gather(candidates, 1, picked)
 
 
-def _store(out: dict[str, np.ndarray], name: str, value: torch.Tensor, positions: slice, n_rows: int) -> None:
-    """Write one chunk, cell-major ([cells, ...] or [targets, cells]), into its [..., rows, positions, ...] array."""
+def _store(
+    out: dict[str, np.ndarray], name: str, value: torch.Tensor, positions: slice, n_rows: int, padded_width: int
+) -> None:
+    """Write one chunk, cell-major ([cells, ...] or [targets, cells]), into its [..., rows, positions, ...] array.
+
+    The chunk's cells cover ``padded_width`` positions; those past ``positions`` are padding, dropped here.
+    """
     array = out[name]
     width = positions.stop - positions.start
     if name.startswith("target_"):
-        array[:, :, positions] = value.reshape(-1, n_rows, width).cpu().numpy()
+        array[:, :, positions] = value.reshape(-1, n_rows, padded_width)[:, :, :width].cpu().numpy()
     else:
-        array[:, positions] = value.reshape(n_rows, width, *array.shape[2:]).cpu().numpy()
+        array[:, positions] = value.reshape(n_rows, padded_width, *array.shape[2:])[:, :width].cpu().numpy()
 
 
 def _chunk_cells(vocab: int) -> int:
@@ -245,10 +253,92 @@ def _chunk_cells(vocab: int) -> int:
     return max(1, CHUNK_BYTES // (4 * vocab))
 
 
-def _slabs(stop: int, cells: int) -> list[slice]:
-    """Vocabulary slabs of whole TOPK_BLOCKs, each [rows x cells] fp32 small enough to stay in cache."""
-    rows = max(1, SLAB_BYTES // (4 * cells * TOPK_BLOCK)) * TOPK_BLOCK
-    return [slice(a, min(a + rows, stop)) for a in range(0, stop, rows)]
+def _chunk_width(n_pos: int, n_rows: int, vocab: int) -> int:
+    """Positions per chunk: within CHUNK_BYTES, a whole number of GEMM steps, the chunks as even as that allows.
+
+    Every chunk reads all of W_U, so a last chunk of a few positions (64 tokens on GPT-2:
+    62 + 2) would pay a full read of it for a thin, slow matmul.
+    """
+    step = GEMM_CELLS // math.gcd(n_rows, GEMM_CELLS)
+    most = max(1, _chunk_cells(vocab) // n_rows // step) * step
+    n_chunks = -(-n_pos // most)
+    return padded_width(-(-n_pos // n_chunks), n_rows)
+
+
+def padded_width(width: int, n_rows: int) -> int:
+    """The fewest positions, at least ``width``, whose cells number a multiple of GEMM_CELLS."""
+    step = GEMM_CELLS // math.gcd(n_rows, GEMM_CELLS)
+    return -(-width // step) * step
+
+
+def pad_positions(normed: torch.Tensor, width: int) -> torch.Tensor:
+    """[rows, positions, d_model] extended to ``width`` positions by repeating the last one."""
+    extra = width - normed.shape[1]
+    return torch.cat([normed, normed[:, -1:].expand(-1, extra, -1)], dim=1) if extra else normed
+
+
+def _slabs(stop: int, cells: int, slab_bytes: int | None = None, start: int = 0) -> list[slice]:
+    """Vocabulary slabs of whole TOPK_BLOCKs from ``start``, each [rows x cells] fp32 within ``slab_bytes``."""
+    rows = max(1, (slab_bytes or SLAB_BYTES) // (4 * cells * TOPK_BLOCK)) * TOPK_BLOCK  # SLAB_BYTES read at call time
+    return [slice(a, min(a + rows, stop)) for a in range(start, stop, rows)]
+
+
+class _SoftmaxSums:
+    """Per-cell sums over the vocabulary, taken slab by slab while each slab is in cache.
+
+    Each cell's logits are shifted by the largest seen so far (its running maximum), and
+    the sums are rescaled whenever that maximum grows, so one pass over the logits gives:
+    ``sum_exp`` = sum(exp(s)), ``expect`` = sum(exp(s) * s) and ``cross`` =
+    sum(exp(s_final) * s) with s = logit - maximum, the final row's cells paired with
+    every row's at the same position. Besides avoiding overflow, the shift keeps log Z and
+    E_p[logit] small, so the entropy (their difference) loses no digits to cancellation.
+    Slab sums are short fp32 reductions; they add up in fp64.
+    """
+
+    def __init__(self, n_rows: int, width: int, device: torch.device) -> None:
+        self.n_rows, self.width = n_rows, width
+        self.shift = torch.full((n_rows * width,), -torch.inf, device=device)
+        self.sum_exp, self.expect, self.cross = (
+            torch.zeros(n_rows * width, dtype=torch.float64, device=device) for _ in range(3)
+        )
+
+    def raise_shift(self, slab_max: torch.Tensor) -> None:
+        """Move every cell's shift up to ``slab_max`` where that is larger, rescaling what is summed."""
+        shift = torch.maximum(self.shift, slab_max)
+        # A cell's first slab has nothing summed yet: no rescale (and no inf * 0).
+        delta = torch.where(torch.isinf(self.shift), 0.0, (shift - self.shift).double())
+        scale = torch.exp(-delta)
+        by_row = (self.n_rows, self.width)
+        # sum e^(l-M)(l-M) over the seen logits, in terms of M' = M + delta:
+        # e^(l-M') (l-M') = e^-delta * e^(l-M) ((l-M) - delta)
+        self.expect.sub_(delta * self.sum_exp).mul_(scale)
+        # The cross sum moves with each row's shift and with the final row's exponentials.
+        final_sum, final_scale = self.sum_exp.view(by_row)[-1], scale.view(by_row)[-1]
+        self.cross.view(by_row).sub_(delta.view(by_row) * final_sum).mul_(final_scale)
+        self.sum_exp.mul_(scale)
+        self.shift = shift
+
+    def add(self, logits: torch.Tensor, buffers: tuple[torch.Tensor, ...]) -> None:
+        """Add a vocab-major slab [rows, cells] of logits, already under the current shift."""
+        height = logits.shape[0]
+        shifted, exps, product = (buffer[:height] for buffer in buffers)
+        torch.sub(logits, self.shift, out=shifted)
+        torch.exp(shifted, out=exps)
+        self.sum_exp += exps.sum(0)
+        self.expect += torch.mul(exps, shifted, out=product).sum(0)
+        by_row = (height, self.n_rows, self.width)
+        final = exps[:, (self.n_rows - 1) * self.width :].unsqueeze(1)
+        self.cross += torch.mul(shifted.view(by_row), final, out=product.view(by_row)).sum(0).view(-1)
+
+    def statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log Z, entropy and KL(final || row), per cell."""
+        log_sum_exp = torch.log(self.sum_exp)
+        entropy = log_sum_exp - self.expect / self.sum_exp
+        # KL(f || p) = log Z_p - E_f[logit_p] - H(f), all with p's logits shifted by p's maximum.
+        by_row = (self.n_rows, self.width)
+        final_expect = self.cross.view(by_row) / self.sum_exp.view(by_row)[-1]
+        kl = (log_sum_exp.view(by_row) - final_expect - entropy.view(by_row)[-1]).clamp_min_(0)
+        return self.shift.double() + log_sum_exp, entropy, kl
 
 
 def cell_statistics(
@@ -264,13 +354,18 @@ def cell_statistics(
     the targets' probabilities, logits and ranks. The final row must be ``normed[-1]``.
     ``next_ids`` gives one token per position (the text's actual next token); its logit
     in every cell comes back as ``next_logits``.
+
+    Each chunk's logits are made slab by slab, and every slab is reduced (block maxima,
+    softmax sums, target counts) right after the matmul wrote it, while it is still in
+    cache: reading a 150 MB chunk again from memory for each statistic cost more than the
+    matmul. Only the top-k search returns to the chunk, to a few blocks per cell.
     """
     n_rows, n_pos, _ = normed.shape
     vocab = model.d_vocab
     k = min(top_k, vocab)
     device = normed.device
     targets = torch.tensor(list(target_ids), dtype=torch.long, device=device)
-    block = max(1, _chunk_cells(vocab) // n_rows)
+    block = _chunk_width(n_pos, n_rows, vocab)
     out = {
         "top_ids": np.empty((n_rows, n_pos, k), np.int64),
         "top_probs": np.empty((n_rows, n_pos, k), np.float32),
@@ -287,62 +382,58 @@ def cell_statistics(
     scratch = _Scratch(vocab, n_rows, device)
     for start in range(0, n_pos, block):
         stop = min(start + block, n_pos)
-        width = stop - start
-        n_cells = n_rows * width
         positions = slice(start, stop)
+        width = padded_width(stop - start, n_rows)
+        n_cells = n_rows * width
         padded, block_max, slab = scratch.for_width(width)
         # Vocab-major [vocab, cells]: this product runs ~1.5x faster here than [cells, vocab].
         # Cells are row-major: column r * width + j is row r at position start + j.
         logits = padded[:vocab]
-        cells = normed[:, start:stop].reshape(n_cells, -1)
-        # Pass 1, slab by slab while each is in cache: the logits, and every block's maximum.
-        for rows in _slabs(padded.shape[0], n_cells):
-            written = slice(rows.start, min(rows.stop, vocab))
-            model.unembed_columns(cells, out=logits[written], vocab=written)
-            blocks = slice(rows.start // TOPK_BLOCK, rows.stop // TOPK_BLOCK)
-            torch.amax(padded[rows].view(-1, TOPK_BLOCK, n_cells), 1, out=block_max[blocks])
-        top_values, top_ids = _top_k_columns(padded, block_max, k)
+        cells = pad_positions(normed[:, positions], width).reshape(n_cells, -1)
+        counts = torch.zeros(len(targets), n_cells, dtype=torch.int32, device=device)
+        sums = _SoftmaxSums(n_rows, width, device)
+        # Ranks are counted as each slab is made, against the targets' logits as the chunk
+        # holds them (the same product in another shape can round differently), so the
+        # slabs that hold a target are made first.
+        slabs = _slabs(padded.shape[0], n_cells)
+        first = [rows for rows in slabs if any(rows.start <= t < rows.stop for t in target_ids)]
+        for rows in first:
+            _make_slab(model, cells, padded, block_max, rows)
         target_logits = logits[targets]
+        for rows in first + [rows for rows in slabs if rows not in first]:
+            if rows not in first:
+                _make_slab(model, cells, padded, block_max, rows)
+            sums.raise_shift(block_max[rows.start // TOPK_BLOCK : rows.stop // TOPK_BLOCK].amax(0))
+            # The matmul's slab fits the shared cache; each reduction reads an L2-sized part of it.
+            for part in _slabs(min(rows.stop, vocab), n_cells, REDUCE_BYTES, rows.start):
+                if len(targets):
+                    _count_greater(logits[part], target_logits, counts, slab[-1])
+                sums.add(logits[part], slab[:-1])
+        top_values, top_ids = _top_k_columns(padded, block_max, k)
+        log_normalizer, entropy, kl = sums.statistics()
+        at = (positions, n_rows, width)
         if next_ids is not None:
-            wanted = next_tokens[start:stop].repeat(n_rows)
-            _store(out, "next_logits", logits[wanted, torch.arange(n_cells, device=device)], positions, n_rows)
-
-        # Pass 2, slab by slab: exp of the logits shifted by their maximum (which keeps log Z
-        # and E_p[logit] small, so the entropy loses no digits to cancellation), and sums of
-        # it, of it times the shifted logit (entropy), of the final row's times each row's
-        # shifted logit (KL), and of logits above each target's (rank). Each slab's sums are
-        # short fp32 reductions; they add up in fp64.
-        shift = top_values[:, 0]
-        last = (n_rows - 1) * width
-        sum_exp, expect, cross = (torch.zeros(n, dtype=torch.float64, device=device) for n in (n_cells,) * 3)
-        counts = torch.zeros(len(targets), n_cells, dtype=torch.int64, device=device)
-        for rows in _slabs(vocab, n_cells):
-            height = rows.stop - rows.start
-            shifted, exps, product, greater = (buffer[:height] for buffer in slab)
-            if len(targets):
-                _count_greater(logits[rows], target_logits, counts, greater)
-            torch.sub(logits[rows], shift, out=shifted)
-            torch.exp(shifted, out=exps)
-            sum_exp += exps.sum(0)
-            expect += torch.mul(exps, shifted, out=product).sum(0)
-            by_row, final = (height, n_rows, width), exps[:, last:].unsqueeze(1)
-            cross += torch.mul(shifted.view(by_row), final, out=product.view(by_row)).sum(0).view(-1)
-        log_sum_exp = torch.log(sum_exp)
-        log_normalizer = shift.double() + log_sum_exp
-        entropy = log_sum_exp - expect / sum_exp
-        # KL(f || p) = log Z_p - E_f[logit_p] - H(f), all with p's logits shifted by p's maximum.
-        final_expect = cross.view(n_rows, width) / sum_exp[last:]
-        kl = (log_sum_exp.view(n_rows, width) - final_expect - entropy.view(n_rows, width)[-1]).clamp_min_(0)
-
-        _store(out, "top_ids", top_ids, positions, n_rows)
-        _store(out, "top_probs", torch.exp(top_values - log_normalizer[:, None]), positions, n_rows)
-        _store(out, "log_normalizer", log_normalizer, positions, n_rows)
-        _store(out, "entropy", entropy, positions, n_rows)
-        _store(out, "kl_to_final", kl, positions, n_rows)
-        _store(out, "target_logits", target_logits, positions, n_rows)
-        _store(out, "target_probs", torch.exp(target_logits - log_normalizer), positions, n_rows)
-        _store(out, "target_ranks", 1 + counts, positions, n_rows)
+            wanted = pad_positions(next_tokens[None, positions, None], width).flatten().repeat(n_rows)
+            _store(out, "next_logits", logits[wanted, torch.arange(n_cells, device=device)], *at)
+        _store(out, "top_ids", top_ids, *at)
+        _store(out, "top_probs", torch.exp(top_values - log_normalizer[:, None]), *at)
+        _store(out, "log_normalizer", log_normalizer, *at)
+        _store(out, "entropy", entropy, *at)
+        _store(out, "kl_to_final", kl, *at)
+        _store(out, "target_logits", target_logits, *at)
+        _store(out, "target_probs", torch.exp(target_logits - log_normalizer), *at)
+        _store(out, "target_ranks", 1 + counts, *at)
     return out
+
+
+def _make_slab(
+    model: LensModel, cells: torch.Tensor, padded: torch.Tensor, block_max: torch.Tensor, rows: slice
+) -> None:
+    """One slab of a chunk's vocab-major logits, and the maximum of each of its TOPK_BLOCKs."""
+    written = slice(rows.start, min(rows.stop, model.d_vocab))
+    model.unembed_columns(cells, out=padded[written], vocab=written)
+    blocks = slice(rows.start // TOPK_BLOCK, rows.stop // TOPK_BLOCK)
+    torch.amax(padded[rows].view(-1, TOPK_BLOCK, cells.shape[0]), 1, out=block_max[blocks])
 
 
 class _Scratch:
@@ -356,12 +447,12 @@ class _Scratch:
     def for_width(self, width: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         if width not in self.by_width:
             cells = self.n_rows * width
-            height = _slabs(self.padded_vocab, cells)[0].stop
+            height = _slabs(self.padded_vocab, cells, REDUCE_BYTES)[0].stop
             slab = tuple(torch.empty(height, cells, device=self.device) for _ in range(3))
             self.by_width[width] = (
                 torch.full((self.padded_vocab, cells), -torch.inf, device=self.device),
                 torch.empty(self.padded_vocab // TOPK_BLOCK, cells, device=self.device),
-                (*slab, torch.empty(height, cells, dtype=torch.bool, device=self.device)),
+                (*slab, torch.empty(height, cells, device=self.device)),
             )
         return self.by_width[width]
 
@@ -488,7 +579,7 @@ def retarget(model: LensModel, result: LensResult, targets: Sequence[str | int])
         chosen = logits[ids]
         counts = torch.zeros_like(chosen, dtype=torch.int64)
         slabs = _slabs(model.d_vocab, logits.shape[1])
-        greater = torch.empty(slabs[0].stop, logits.shape[1], dtype=torch.bool, device=flat.device)
+        greater = torch.empty(slabs[0].stop, logits.shape[1], device=flat.device)
         for rows in slabs:
             _count_greater(logits[rows], chosen, counts, greater)
         target_logits.append(chosen.t())

@@ -143,6 +143,36 @@ class LensModel:
     def token_name(self) -> TokenNamer:
         return TokenNamer(self.tokenizer)
 
+    def run_with_cache(self, tokens: torch.Tensor, hooks: list[str], stop_at_layer: int | None = None) -> dict:
+        """``run_with_cache`` on ``hooks``, stopped before block ``stop_at_layer`` or, by default, the final norm.
+
+        TransformerLens's ``stop_at_layer`` cannot stop after the last block: the model
+        would go on to its own [positions x vocab] logits, a third of a 1024-token forward
+        pass on GPT-2 small, which the lens then recomputes in its own way. So a hook on the
+        final norm's input stops the run there, the way ``stop_at_layer`` stops a block, once
+        every hook asked for has fired (some models, NanoChat's, also norm the embeddings with
+        that module). Call it holding :attr:`lock`.
+        """
+        from transformer_lens.model_bridge.exceptions import StopAtLayerException
+
+        stop_point = "ln_final.hook_in"
+        hook_dict = self.bridge.hook_dict
+        if stop_at_layer is not None and stop_at_layer < self.n_layers or stop_point not in hook_dict:
+            _, cache = self.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=stop_at_layer)
+            return cache
+        waiting = {name for name in hooks if name in hook_dict}
+
+        def fired(name: str) -> Callable:
+            return lambda tensor, hook: waiting.discard(name)
+
+        def stop(tensor: torch.Tensor, hook) -> None:
+            if not waiting:
+                raise StopAtLayerException(tensor)
+
+        with self.bridge.hooks(fwd_hooks=[*((name, fired(name)) for name in waiting), (stop_point, stop)]):
+            _, cache = self.bridge.run_with_cache(tokens, names_filter=hooks)
+        return cache
+
     def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
         """The model's own final norm, in fp32."""
         return self.bridge.ln_final(resid).float()

@@ -254,7 +254,7 @@ def train_tuned_lens(
         tokens = torch.tensor([next(windows)], device=model.unembed_weight.device)
         with model.lock:
             with torch.no_grad():
-                _, cache = model.bridge.run_with_cache(tokens, names_filter=hooks)
+                cache = model.run_with_cache(tokens, hooks)
                 residuals = [cache[h][0].float() for h in hooks]
                 final_log_probs = torch.log_softmax(model.logits_from_normed(model.final_norm(residuals[-1])), -1)
                 final_probs = final_log_probs.exp()

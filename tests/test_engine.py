@@ -54,6 +54,62 @@ def test_ranks_of_several_targets_equal_a_brute_force_count_across_chunks(gpt2_s
     np.testing.assert_array_equal(moved.target_ranks, result.target_ranks[[3, 1]])
 
 
+@pytest.mark.parametrize("n_positions", [1, 7, 37])
+def test_single_pass_statistics_equal_a_float64_computation_in_small_chunks_and_slabs(
+    stories, monkeypatch, n_positions
+):
+    """Chunks padded to the GEMM step, many slabs, running maxima that rise slab after slab, targets in late slabs.
+
+    The vocabulary is reversed so each cell's largest logits tend to come late, and the
+    sizes are shrunk so a chunk holds a few positions and a slab a few 64-row blocks.
+    """
+    vocab = stories.d_vocab
+    monkeypatch.setattr(engine, "CHUNK_BYTES", 4 * vocab * 5 * 3)  # 3 positions of 5 rows
+    monkeypatch.setattr(engine, "SLAB_BYTES", 4 * 64 * 40 * 2)  # two blocks a slab, at 40 cells
+    monkeypatch.setattr(engine, "REDUCE_BYTES", 4 * 64 * 40)
+    flipped = torch.flip(stories.unembed_rows, [0])
+    monkeypatch.setitem(stories.__dict__, "unembed_rows", flipped)  # the cached W_U rows
+    torch.manual_seed(n_positions)
+    normed = torch.randn(5, n_positions, stories.d_model) * 2
+    targets, next_ids = [vocab - 1, 3, 300], torch.randint(0, vocab, (n_positions,)).tolist()
+    stats = engine.cell_statistics(stories, normed, 5, targets, next_ids=next_ids)
+
+    logits = (normed @ flipped.t()).double()  # [rows, positions, vocab]
+    log_probs = torch.log_softmax(logits, -1)
+    probs = log_probs.exp()
+    entropy = -(probs * log_probs).sum(-1)
+    kl = (probs[-1] * (log_probs[-1] - log_probs)).sum(-1)
+    np.testing.assert_allclose(stats["log_normalizer"], torch.logsumexp(logits, -1), rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(stats["entropy"], entropy, atol=1e-5)
+    np.testing.assert_allclose(stats["kl_to_final"], kl, atol=1e-5)
+    top = torch.topk(logits, 5, dim=-1)
+    np.testing.assert_array_equal(stats["top_ids"], top.indices)
+    np.testing.assert_allclose(stats["top_probs"], top.values.sub(torch.logsumexp(logits, -1, True)).exp(), atol=1e-6)
+    fp32 = normed @ flipped.t()
+    for t, token_id in enumerate(targets):
+        target = fp32[..., token_id : token_id + 1]
+        np.testing.assert_array_equal(stats["target_ranks"][t], 1 + (fp32 > target).sum(-1).numpy())
+        np.testing.assert_allclose(stats["target_probs"][t], probs[..., token_id], atol=1e-6)
+    np.testing.assert_allclose(stats["next_logits"], logits[:, torch.arange(n_positions), next_ids], atol=1e-5)
+
+
+def test_the_lens_forward_stops_before_the_models_own_logits(gpt2_small_random):
+    """run_lens never runs the model's unembedding (a third of a long forward pass), and leaves no hook behind."""
+    model, _ = gpt2_small_random
+    calls = []
+    handle = model.bridge.unembed.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        result = run_lens(model, "The Eiffel Tower is in the city of")
+        assert calls == []
+        with torch.no_grad():
+            logits = model.bridge(torch.tensor([result.token_ids]))
+        assert calls == [1]
+    finally:
+        handle.remove()
+    assert not any(h._forward_hooks for h in model.bridge.hook_dict.values())
+    np.testing.assert_allclose(result.log_normalizer[-1], torch.logsumexp(logits[0].double(), -1), atol=1e-4)
+
+
 def test_retarget_matches_a_fresh_run_without_forward_pass(stories, monkeypatch):
     base = run_lens(stories, STORY, keep_unembed_input=True)
     fresh = run_lens(stories, STORY, targets=[" Lily", " Tim"])
