@@ -259,15 +259,20 @@ def _chunk_width(n_pos: int, n_rows: int, vocab: int) -> int:
     Every chunk reads all of W_U, so a last chunk of a few positions (64 tokens on GPT-2:
     62 + 2) would pay a full read of it for a thin, slow matmul.
     """
-    step = GEMM_CELLS // math.gcd(n_rows, GEMM_CELLS)
+    step = _position_step(n_rows)
     most = max(1, _chunk_cells(vocab) // n_rows // step) * step
     n_chunks = -(-n_pos // most)
     return padded_width(-(-n_pos // n_chunks), n_rows)
 
 
+def _position_step(n_rows: int) -> int:
+    """The fewest positions whose ``n_rows`` cells each number a multiple of GEMM_CELLS."""
+    return GEMM_CELLS // math.gcd(n_rows, GEMM_CELLS)
+
+
 def padded_width(width: int, n_rows: int) -> int:
     """The fewest positions, at least ``width``, whose cells number a multiple of GEMM_CELLS."""
-    step = GEMM_CELLS // math.gcd(n_rows, GEMM_CELLS)
+    step = _position_step(n_rows)
     return -(-width // step) * step
 
 
@@ -397,11 +402,12 @@ def cell_statistics(
         # slabs that hold a target are made first.
         slabs = _slabs(padded.shape[0], n_cells)
         first = [rows for rows in slabs if any(rows.start <= t < rows.stop for t in target_ids)]
+        rest = [rows for rows in slabs if rows not in first]
         for rows in first:
             _make_slab(model, cells, padded, block_max, rows)
         target_logits = logits[targets]
-        for rows in first + [rows for rows in slabs if rows not in first]:
-            if rows not in first:
+        for rows in first + rest:
+            if rows in rest:
                 _make_slab(model, cells, padded, block_max, rows)
             sums.raise_shift(block_max[rows.start // TOPK_BLOCK : rows.stop // TOPK_BLOCK].amax(0))
             # The matmul's slab fits the shared cache; each reduction reads an L2-sized part of it.

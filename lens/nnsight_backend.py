@@ -27,7 +27,7 @@ import torch
 
 from lens.errors import LensError
 from lens.model import Progress, _first_line, resolve_model_source, tokenizer_prepends_bos
-from lens.result import LensResult
+from lens.result import STATISTICS, LensResult
 from lens.tokens import TokenNamer
 
 NDIF_KEY_URL = "https://login.ndif.us"
@@ -38,16 +38,7 @@ BLOCK_LOGITS = 2**23  # logits made at once in the trace: 64 MB in float64, 65 p
 _LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
 _NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
 # The arrays a run saves out of the trace, and nothing else (their size: payload_bytes).
-SAVED_ARRAYS = (
-    "top_ids",
-    "top_probs",
-    "log_normalizer",
-    "entropy",
-    "kl_to_final",
-    "target_probs",
-    "target_logits",
-    "target_ranks",
-)
+SAVED_ARRAYS = STATISTICS
 
 
 @dataclass(eq=False)

@@ -9,18 +9,18 @@ import numpy as np
 import pandas as pd
 
 _FORMAT_VERSION = 1
-_ARRAY_FIELDS = (
+# The per-cell statistics every backend computes.
+STATISTICS = (
     "top_ids",
     "top_probs",
-    "top_tokens",
     "log_normalizer",
     "entropy",
     "kl_to_final",
     "target_probs",
     "target_logits",
     "target_ranks",
-    "unembed_input",
 )
+_ARRAY_FIELDS = (*STATISTICS, "top_tokens", "unembed_input")
 
 
 @dataclass(eq=False)
