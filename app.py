@@ -22,12 +22,12 @@ with st.sidebar.container(key="nav"):
 # say so at once, with the navigation already drawn, instead of a blank page.
 starting = st.empty()
 starting.info("Starting the lens engine…", icon=":material/hourglass_top:")
-from ui import page, sidebar  # noqa: E402 - imported after the first paint, see above
+from ui import escape, page, sidebar  # noqa: E402 - imported after the first paint, see above
 
 starting.empty()
 page.style()
 st.session_state["settings"] = sidebar.render()
 if st.session_state["settings"].model_name == "demo" and (note := st.session_state.get(sidebar.MODEL_NOTE)):
-    st.info(note, icon=":material/cloud_off:")
+    st.info(escape.plain(note), icon=":material/cloud_off:")
 page.warn_about_settings()
 pages.run()

@@ -28,7 +28,7 @@ import torch
 from lens.budget import check_fits
 from lens.engine import Row, lens_rows, uses_bos
 from lens.errors import LensError
-from lens.model import LensModel
+from lens.model import LensModel, check_model_name, path_exists
 
 PUBLISHED_REPO = "AlignmentResearch/tuned-lens"  # a Hugging Face space: lens/<model name>/
 # Models whose published lenses the dashboard offers (hub id -> folder under lens/).
@@ -134,9 +134,10 @@ class TunedLens(torch.nn.Module):
         size is checked before anything is allocated, and params.pt is read with
         ``weights_only``, so a pickled payload never runs.
         """
-        folder = Path(path_or_model)
-        if not folder.is_dir():
-            folder = _download_published(str(path_or_model))
+        name = check_model_name(path_or_model, "A tuned lens")
+        folder = Path(name)
+        if not (path_exists(folder) and folder.is_dir()):
+            folder = _download_published(name)
         try:
             raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             if not isinstance(raw, dict):

@@ -12,6 +12,7 @@ from lens import charts as lens_charts
 from lens.attribution import CellWrites, cell_writes, head_attention, token_text
 from lens.exports import safe_csv
 from ui import cached, exports, page
+from ui.escape import code, plain
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -128,15 +129,15 @@ except lens.LensError as exc:
     page.show_error(str(exc))
     st.stop()
 
-what = f"`{attribution.target}`" + (f" − `{attribution.contrast}`" if attribution.contrast else "")
+what = code(attribution.target) + (f" − {code(attribution.contrast)}" if attribution.contrast else "")
 shown = "logit difference" if attribution.contrast else "logit"
 st.markdown(
-    f"Explaining the lens's {shown} of {what} at row **{row}**, after **{position_label}**: "
+    f"Explaining the lens's {shown} of {what} at row **{plain(row)}**, after **{plain(position_label)}**: "
     f"**{attribution.logit:+.3f}**"
     + (f" (after the model's soft-cap: {attribution.softcapped_logit:+.3f})" if attribution.softcapped_logit else "")
 )
 for note in attribution.notes:
-    st.caption(f":material/info: {note}")
+    st.caption(f":material/info: {plain(note)}")
 
 bars_column, heads_column = st.columns(2)
 with bars_column:

@@ -6,6 +6,7 @@ import streamlit as st
 from lens import charts
 from lens.exports import safe_csv
 from ui import config, corpus_input, page
+from ui.escape import plain
 
 URL_TEXT_LIMIT = 2000  # characters of pasted text kept in the page's link
 
@@ -95,7 +96,9 @@ for index, (model_name, lens_source) in enumerate(readings):
         page.show_error(f"{label}: {exc}")
         continue
     if frame.attrs.get("capped"):
-        st.warning(f"{label}: only the first {limit:,} tokens were read (this server's cap, LENS_MAX_CORPUS_TOKENS).")
+        st.warning(
+            plain(f"{label}: only the first {limit:,} tokens were read (this server's cap, LENS_MAX_CORPUS_TOKENS).")
+        )
     frames.append(frame.assign(source=label))
 if not frames:
     st.stop()

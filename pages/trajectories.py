@@ -4,6 +4,7 @@ import streamlit as st
 
 from lens import charts
 from ui import page
+from ui.escape import plain
 
 page.run_through_app()
 st.html(
@@ -77,7 +78,7 @@ if len(followed) > charts.MAX_LINES:
     followed = followed[: charts.MAX_LINES]
 traced = page.with_targets(page.query(ctx.settings), followed, ctx.settings.top_k)
 for warning in traced.warnings:
-    st.warning(warning)
+    st.warning(plain(warning))
 chart = charts.trajectory_chart(traced, position, measure, title=f"Position {position}: {result.tokens[position]}")
 with st.container(key="trajectory_row"):
     left, right = st.columns([3, 2], gap="medium")

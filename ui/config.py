@@ -9,6 +9,8 @@ from functools import cache
 from pathlib import Path
 
 import lens
+from lens.errors import LensError
+from lens.model import check_model_name, path_exists
 from ui import ndif
 
 DEMO_LABEL = "Demo (offline)"
@@ -128,7 +130,11 @@ def check_model_allowed(model_id: str, server: ServerLimits) -> str | None:
     """Why a typed model may not be used here, or None when it may."""
     if model_id in ("demo", server.default_model):
         return None
-    looks_local = model_id.startswith((".", "/", "~")) or Path(model_id).expanduser().exists()
+    try:
+        check_model_name(model_id)
+    except LensError as exc:
+        return str(exc)
+    looks_local = model_id.startswith((".", "/", "~")) or path_exists(Path(model_id).expanduser())
     if looks_local and not server.allow_local:
         return "Local folders are switched off on this server (its operator can set LENS_ALLOW_LOCAL=1)."
     if server.allowlist and model_id not in server.allowlist:

@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 
 import streamlit as st
 
+from ui.escape import plain
+
 
 def accept_choice(key: str, options: Sequence, label: Callable[[object], str]) -> bool:
     """Seed widget ``key`` from the link if the link names an option by id; False if it names none.
@@ -30,7 +32,7 @@ def accept_choice(key: str, options: Sequence, label: Callable[[object], str]) -
 
 def warn(message: str) -> None:
     """One visible line about a link value the app can't use (called outside the sidebar)."""
-    st.warning(message, icon=":material/link_off:")
+    st.warning(plain(message), icon=":material/link_off:")
 
 
 def choice(key: str, options: Sequence, label: Callable[[object], str], what: str) -> None:

@@ -13,6 +13,7 @@ import os
 import streamlit as st
 
 import lens
+from ui.escape import plain
 
 PREFIX = "ndif:"
 # A small curated set NDIF has hosted; LENS_NDIF_MODELS (comma-separated hub ids) replaces it.
@@ -101,5 +102,5 @@ def run(query, targets: tuple[str | int, ...]) -> lens.LensResult:
 def refuse_local_only(model_name: str, what: str) -> None:
     """Stop a page whose work needs local weights, with one line, when the sidebar's model is on NDIF."""
     if is_remote(model_name):
-        st.info(f"{what} {LOCAL_ONLY}", icon=":material/cloud_off:")
+        st.info(plain(f"{what} {LOCAL_ONLY}"), icon=":material/cloud_off:")
         st.stop()

@@ -19,6 +19,7 @@ import streamlit as st
 import lens
 from lens import charts
 from ui import cached, config, exports, links, ndif
+from ui.escape import code, plain
 from ui.sidebar import Settings
 
 T = TypeVar("T")
@@ -103,7 +104,7 @@ def style() -> None:
 def warn_about_settings() -> None:
     """Settings the server could not read: the operator sees them on the page (and once in the log)."""
     for problem in config.limits().problems:
-        st.warning(f"Server setting ignored: {problem}", icon=":material/settings:")
+        st.warning(plain(f"Server setting ignored: {problem}"), icon=":material/settings:")
 
 
 def settings() -> Settings:
@@ -116,7 +117,7 @@ def show_error(message: str, demo_key: str | None = "model") -> None:
     ``demo_key`` is the model picker the button sets to the demo (None: no button, as when
     the demo is already the other model being compared).
     """
-    st.error(message, icon=":material/error:")
+    st.error(plain(message), icon=":material/error:")
     if demo_key and ("Could not download" in message or "Could not load model" in message):
         st.button(
             "Use the offline demo model", type="primary", on_click=_switch_to_demo, args=(demo_key,), key="use_demo"
@@ -151,7 +152,7 @@ def load_model(name: str, demo_key: str | None = "model") -> lens.LensModel | No
         show_error(str(exc), demo_key)
         return None
     if time.monotonic() - started > 1:
-        st.toast(f"{config.model_label(name)} loaded in {time.monotonic() - started:.1f} s")
+        st.toast(plain(f"{config.model_label(name)} loaded in {time.monotonic() - started:.1f} s"))
     return model
 
 
@@ -183,7 +184,7 @@ def with_progress(work: Callable[[Report], T], label: str, curve: str | None = N
             message, fraction, value = messages.get()
             if value is not None:
                 values.append(value)
-        text = f"{message} ({time.monotonic() - started:.0f} s)"
+        text = plain(f"{message} ({time.monotonic() - started:.0f} s)")
         if fraction is None:
             box.info(text)
         else:
@@ -301,12 +302,12 @@ def describe_target(model: lens.LensModel, s: Settings) -> None:
     try:
         ids, names, warnings = lens.resolve_targets(model, [s.target])
     except lens.LensError as exc:
-        caption.caption(f":material/warning: {exc}")
+        caption.caption(f":material/warning: {plain(exc)}")
         return
     if warnings:
-        caption.caption(f":material/warning: {warnings[0]}")
+        caption.caption(f":material/warning: {plain(warnings[0])}")
     else:
-        caption.caption(f"One token: `{names[0]}` (id {ids[0]})")
+        caption.caption(f"One token: {code(names[0])} (id {ids[0]})")
 
 
 def with_targets(q: cached.LensQuery, targets: Sequence[str | int], top_k: int) -> lens.LensResult:
