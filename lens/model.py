@@ -23,6 +23,7 @@ import torch
 
 from lens import budget
 from lens.backend import Capabilities, OutputTransform, Progress, Readout
+from lens.checks import callback, flag, optional_text
 from lens.errors import LensError
 from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
@@ -415,6 +416,13 @@ def load_model(
     with ``remote=True`` it runs on NDIF, with ``api_key`` or NDIF_API_KEY.
     ``fast_attention`` runs attention on SDPA while nothing hooks it (:func:`use_fast_attention`).
     """
+    optional_text(api_key, "api_key")
+    optional_text(device, "device")
+    flag(remote, "remote")
+    flag(fast_attention, "fast_attention")
+    callback(progress, "progress")
+    if not isinstance(dtype, torch.dtype):
+        raise LensError(f"dtype must be a torch dtype (torch.float32, torch.bfloat16), not {type(dtype).__name__}.")
     if backend == "nnsight":
         from lens.nnsight_backend import load_nnsight_model
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lens.checks import flag, listed
 from lens.errors import LensError
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ def _encode(model: Backend, text: str) -> list[int]:
 
 def uses_bos(model: Backend, prepend_bos: bool | None) -> bool:
     """Whether a BOS token goes first: the model's default unless the caller says."""
-    return model.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+    prepend_bos = flag(prepend_bos, "prepend_bos", optional=True)
+    return model.default_prepend_bos if prepend_bos is None else prepend_bos
 
 
 def check_text(text: object, what: str) -> None:
@@ -149,6 +151,8 @@ def tokenize_target(model: Backend, target: str | int) -> list[int]:
     boundary), so the target is tokenized after a newline and the newline's ids removed.
     An int is taken as a token id.
     """
+    if isinstance(target, (bool, np.bool_)):
+        raise LensError(f"A target is a token (str) or a token id (int), not {target!r}.")
     if isinstance(target, (int, np.integer)):
         if not 0 <= int(target) < model.d_vocab:
             raise LensError(f"Token id {target} is outside the vocabulary (0 to {model.d_vocab - 1}).")
@@ -169,8 +173,7 @@ def resolve_targets(model: Backend, targets: Sequence[str | int]) -> tuple[list[
     A word typed without its leading space ("Lily") that splits into several tokens is
     read as its one-token spaced form (" Lily") when there is one: that is what people mean.
     """
-    if isinstance(targets, (str, int, np.integer)):
-        targets = [targets]
+    targets = listed(targets, "targets", (str, int, np.integer), "a token (str), a token id (int) or a list of them")
     ids, names, warnings = [], [], []
     for target in targets:
         pieces = tokenize_target(model, target)

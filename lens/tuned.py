@@ -27,10 +27,11 @@ import torch
 
 from lens.backend import Backend, Row, check_backend, lens_rows
 from lens.budget import check_fits
+from lens.checks import callback, listed, whole_number
 from lens.errors import LensError
 from lens.lenses import Lens
 from lens.model import check_model_name, path_exists
-from lens.tokens import uses_bos
+from lens.tokens import check_text, uses_bos
 
 PUBLISHED_REPO = "AlignmentResearch/tuned-lens"  # a Hugging Face space: lens/<model name>/
 # Models whose published lenses the dashboard offers (hub id -> folder under lens/).
@@ -232,14 +233,16 @@ def train_tuned_lens(
     Layers are fitted one after another, so memory holds one layer's [tokens x vocab]
     logits at a time. The same seed, texts and settings give the same lens.
     """
-    for name, value, least in (("steps", steps, 1), ("window", window, 2)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise LensError(f"{name} must be a whole number of at least {least}, not {value!r}.")
+    whole_number(steps, "steps", 1)
+    whole_number(window, "window", 2)
+    whole_number(seed, "seed", 0, 2**63 - 1)
+    callback(progress, "progress")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise LensError(f"The learning rate must be a positive number, not {lr!r}.")
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    texts = listed(texts, "texts", str, "a text or a list of texts")
+    for number, text in enumerate(texts, 1):
+        check_text(text, f"Text {number}")
+    texts = [t for t in texts if t.strip()]
     if not texts:
         raise LensError("Give some text to train the tuned lens on.")
     model = check_backend(model)
