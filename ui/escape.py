@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import re
 
-# Every ASCII punctuation character: CommonMark lets each be backslash-escaped, and an
-# escaped one starts no link, image, emphasis, directive (:red[...], :material/...:),
-# autolink (https\://, www\.), math ($) or HTML.
-_PUNCTUATION = re.compile(r"([!-/:-@\[-`{-~])")
+# The ASCII punctuation markdown reads (CommonMark lets any be backslash-escaped): escaped,
+# none starts a link, image, emphasis, directive (:red[...], :material/...:), autolink
+# (https\://, www\., a@b\.c), list, heading, math ($), entity (&) or HTML. Quotes, commas and
+# the like start nothing and stay as they are.
+_MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&])")
 
 
 def plain(text: object) -> str:
     """``text`` as markdown that renders exactly as the characters typed, on one line."""
-    return _PUNCTUATION.sub(r"\\\1", " ".join(str(text).split()))
+    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
 
 
 def code(value: object) -> str:
