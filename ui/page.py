@@ -364,7 +364,9 @@ def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | No
     A new prompt starts at its last positions. Its slider is a new widget (its range
     changed), which Streamlit would give the old prompt's window, and then write that
     into the URL. A window that came from a link is seeded into the new widget from the
-    URL whatever the session says, so that one is reset on a rerun.
+    URL whatever the session says, so that one is reset on a rerun. The default goes to
+    the slider only while the session holds no window: a default beside a value set in
+    session state makes Streamlit log a warning with a stack trace.
     """
     n = result.n_positions
     default = (max(0, n - width), n - 1)
@@ -381,7 +383,7 @@ def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | No
         "Positions shown",
         0,
         n - 1,
-        default,
+        None if "window" in st.session_state else default,  # None: the range the session holds
         key="window",
         bind="query-params",
         help="Long prompts show a window of positions so the tokens stay readable.",
