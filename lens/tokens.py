@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -100,6 +100,12 @@ class TokenNamer:
     def many(self, token_ids) -> list[str]:
         return [self(i) for i in token_ids]
 
+    @cached_property
+    def longest_token_bytes(self) -> int:
+        """Bytes of the vocabulary's longest piece: no token stands for more characters than this."""
+        pieces = self._tokenizer.get_vocab()
+        return max((len(piece_bytes(p, self._byte_level)) for p in pieces), default=1)
+
 
 def tokenizer_prepends_bos(tokenizer) -> bool:
     """Whether the tokenizer itself starts a text with its BOS token (Llama's does, GPT-2's doesn't)."""
@@ -134,6 +140,13 @@ def tokenize_prompt(model: Backend, prompt: str, prepend_bos: bool | None = None
     check_text(prompt, "The prompt")
     if not prompt.strip():
         raise LensError("The prompt is empty: type some text to look at.")
+    # Tokenizing 10 MB takes ~40 s; a text longer than n_ctx of the longest tokens can't fit.
+    most = model.n_ctx * model.token_name.longest_token_bytes
+    if len(prompt) > most:
+        raise LensError(
+            f"The prompt is {len(prompt):,} characters long; model '{model.name}' reads at most {model.n_ctx:,} "
+            f"tokens, which hold at most {most:,} characters."
+        )
     ids = _encode(model, prompt)
     if uses_bos(model, prepend_bos):
         if model.tokenizer.bos_token_id is None:

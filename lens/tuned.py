@@ -31,6 +31,7 @@ from lens.checks import callback, listed, whole_number
 from lens.errors import LensError
 from lens.lenses import Lens
 from lens.model import check_model_name, path_exists
+from lens.saved_tensors import load_checked
 from lens.tokens import check_text, uses_bos
 
 PUBLISHED_REPO = "AlignmentResearch/tuned-lens"  # a Hugging Face space: lens/<model name>/
@@ -132,7 +133,9 @@ class TunedLens(torch.nn.Module, Lens):
 
         Whatever the files hold, the result is a lens or one LensError line: the config's
         size is checked before anything is allocated, and params.pt is read with
-        ``weights_only``, so a pickled payload never runs.
+        ``weights_only``, so a pickled payload never runs, and through
+        :func:`~lens.saved_tensors.load_checked`, so its size, names, shapes and values are
+        checked before a tensor is copied.
         """
         name = check_model_name(path_or_model, "A tuned lens")
         folder = Path(name)
@@ -144,9 +147,13 @@ class TunedLens(torch.nn.Module, Lens):
                 raise ValueError("config.json is not a JSON object")
             config = TunedLensConfig(**{k: raw[k] for k in TunedLensConfig.__dataclass_fields__ if k in raw})
             _check_config(config)
+            d = config.d_model
+            shapes = {"weight": (d, d), **({"bias": (d,)} if config.bias else {})}
+            expected = {f"{i}.{part}": shape for i in range(config.num_hidden_layers) for part, shape in shapes.items()}
+            state = load_checked(folder / "params.pt", expected)
             lens = cls(config)
-            state = torch.load(folder / "params.pt", map_location="cpu", weights_only=True)
             lens.translators.load_state_dict(state)
+            del state  # the file's mapping
             history = folder / "history.json"
             if history.is_file():
                 lens.history = _read_history(history)
@@ -164,8 +171,10 @@ def _check_config(config: TunedLensConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise LensError(f"A tuned lens's config.json gives {name} = {value!r}; it must be a positive whole number.")
+    if not isinstance(config.bias, bool):
+        raise LensError(f"A tuned lens's config.json gives bias = {config.bias!r}; it must be true or false.")
     d = config.d_model
-    check_fits(config.num_hidden_layers * (d * d + d), "This tuned lens")
+    check_fits(config.num_hidden_layers * (d * d + d), "This tuned lens", layers=config.num_hidden_layers)
 
 
 def _read_history(path: Path) -> list[float]:
