@@ -15,10 +15,23 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _typing_only(tree: ast.AST) -> set[int]:
+    """Nodes under ``if TYPE_CHECKING:``: annotations only, never run, so never part of a circle."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(inner) for statement in node.body for inner in ast.walk(statement)}
+    return skipped
+
+
 def imports(path: Path) -> list[tuple[str, list[str]]]:
-    """(module, names) for every import in a file, at any depth (imports inside functions count)."""
+    """(module, names) for every import that runs, at any depth (imports inside functions count)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = _typing_only(tree)
     found = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             found += [(alias.name, []) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -76,6 +89,12 @@ def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 def test_cycle_finder_finds_a_circle_and_passes_a_chain():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_imports_under_type_checking_are_left_out(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import a\ndef f():\n    import b\n")
+    assert imports(source) == [("typing", ["TYPE_CHECKING"]), ("b", [])]
 
 
 def test_lens_never_imports_the_app():

@@ -3,7 +3,7 @@
 An NDIF model is named ``ndif:<hub id>`` everywhere the app passes model names (the
 picker, the URL, the caches), so it is cached, limited and linked like a local one.
 That name is the only place the app knows about NDIF: once loaded, a model says what
-it can do (:func:`has_local_weights`), and pages ask that, never where it runs.
+it can do (its ``capabilities``), and pages ask that, never where it runs.
 """
 
 from __future__ import annotations
@@ -103,4 +103,4 @@ def load(model_id: str, server: Settings, progress=None) -> lens.LensModel | len
 
 def has_local_weights(model: lens.LensModel | lens.NnsightModel) -> bool:
     """Whether the weights are in this process: attribution, statistics and training need them."""
-    return not getattr(model, "remote", False)
+    return model.capabilities.local_weights
