@@ -95,16 +95,15 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_hostile_config_is_counted_exactly_and_refused_fast_and_small(name, tmp_path, monkeypatch):
+def test_hostile_config_is_counted_exactly_and_refused_fast_and_small(name, tmp_path):
     """Refused before any allocation: under 2 s and 50 MB, with the exact count in the message."""
     config, expected = HOSTILE[name]
-    monkeypatch.setenv("LENS_MAX_MODEL_GB", "2")
     budget.count_parameters({**config, "num_hidden_layers": 1, "n_layer": 1}, "warm-up")  # the class's import
     assert budget.count_parameters(config, name)[0] == expected
     folder = config_folder(tmp_path, config)
     before, started = rss_mb(), time.monotonic()
     with pytest.raises(LensError) as refused:
-        load_model(str(folder))
+        load_model(str(folder), max_model_bytes=2_000_000_000)
     elapsed, grown = time.monotonic() - started, rss_mb() - before
     message = str(refused.value)
     assert elapsed < 2 and grown < 50, (elapsed, grown)
@@ -159,11 +158,10 @@ def fake_hub(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("name", list(HOSTILE))
-def test_a_small_hub_answer_does_not_let_a_huge_config_through(fake_hub, monkeypatch, name):
-    monkeypatch.setenv("LENS_MAX_MODEL_GB", "2")
+def test_a_small_hub_answer_does_not_let_a_huge_config_through(fake_hub, name):
     fake_hub["config"] = HOSTILE[name][0]
     with pytest.raises(LensError, match="GB in fp32") as refused:
-        load_model("someone/small-looking")
+        load_model("someone/small-looking", max_model_bytes=2_000_000_000)
     assert refused.value.__cause__ is None  # refused by the count, not by the failing download
 
 
@@ -399,7 +397,6 @@ def test_api_arguments_are_one_line_naming_the_argument(stories, call, message):
 
 
 def test_default_budget_is_half_of_what_is_free_after_working_room(monkeypatch, tmp_path):
-    monkeypatch.delenv("LENS_MAX_MODEL_GB", raising=False)
     monkeypatch.setattr(budget, "available_memory_bytes", lambda: 22 * 10**9)
     assert budget.model_budget_bytes() == (22 * 10**9 - budget.WORKING_BYTES) // 2
     (tmp_path / "config.json").write_text(  # 16.6 GB in fp32: all free memory took it
