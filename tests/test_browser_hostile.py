@@ -57,6 +57,7 @@ PARAMETERS = [
     "train_text",
     "train_steps",
 ]
+STREAMLIT_ICON = "https://fonts.gstatic.com/s/i/short-term/release/materialsymbolsrounded/"
 PAGES = ["", "trajectories", "attribution", "compare", "dataset", "tuned_lens"]
 
 
@@ -90,7 +91,7 @@ def _visit(browser, url: str, shot: str) -> tuple[list[str], list[str], list[str
         wait_idle(tab)
         links = tab.locator("a[href]").evaluate_all("els => els.map(e => e.href)")
         images = tab.locator("img[src]").evaluate_all("els => els.map(e => e.src)")
-        shown = tab.locator("[data-testid=stMain]").inner_text()
+        shown = tab.locator("body").inner_text().replace("\u2060", "")  # the joiners that stop autolinks
         shoot(tab, shot)
         return links, images, elsewhere, shown
     finally:
@@ -106,8 +107,10 @@ def test_hostile_link_values_make_no_link_image_or_outside_request(server, brows
     for kind, parameters in runs.items():
         url = f"{server}/{page}?{urlencode(parameters)}"
         links, images, elsewhere, shown = _visit(browser, url, f"hostile-{page or 'lens'}-{kind}")
-        assert not [link for link in links if HOST in link], links
-        assert not [source for source in images if HOST in source], images
-        assert not elsewhere, elsewhere
+        assert not [link for link in links if HOST in (urlparse(link).hostname or "")], links
+        assert not [source for source in images if HOST in (urlparse(source).hostname or "")], images
+        # The one outside request is Streamlit's own, the same on every page: the page icon
+        # (st.set_page_config's ":material/..." icon) drawn from Google's font CDN.
+        assert not [u for u in elsewhere if not u.startswith(STREAMLIT_ICON) or HOST in u or "evil" in u], elsewhere
         if kind == "model":  # the refusal shows the id as typed, markdown and all
             assert "[Download the update](https://evil.example/update.exe)" in shown, shown[:500]
