@@ -415,7 +415,7 @@ def load_model(
     ``progress(message, fraction_or_None)`` hears what is happening, for a UI to show.
     ``backend="nnsight"`` wraps the model in nnsight instead (lens/nnsight_backend.py);
     with ``remote=True`` it runs on NDIF, with ``api_key`` (else the key ``nnsight login`` saved).
-    ``max_model_bytes`` is the largest fp32 model loaded (default: the memory still free).
+    ``max_model_bytes`` is the largest fp32 model loaded (default: half of the memory still free, less 1 GB).
     ``fast_attention`` runs attention on SDPA while nothing hooks it (:func:`use_fast_attention`).
     """
     optional_text(api_key, "api_key")

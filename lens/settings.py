@@ -30,7 +30,7 @@ class Settings:
     model_allowlist: tuple[str, ...] = ()
     allow_local: bool = False
     cache_dir: Path = Path.home() / ".cache" / "logit-lens"
-    max_model_gb: float | None = None  # None: the memory still free when a model loads
+    max_model_gb: float | None = None  # None: half of the memory still free, less 1 GB (lens.budget)
     # Cached results (about 11 MB each for GPT-2 at 256 tokens): this much beside GPT-2 fits a 2.7 GB box.
     cache_mb: int = 300
     # Loaded models kept at once, by their weights: GPT-2 small and Pythia-160m together in fp32.
@@ -64,7 +64,7 @@ class Settings:
             model_allowlist=reader.names("LENS_MODEL_ALLOWLIST"),
             allow_local=reader.switch("LENS_ALLOW_LOCAL"),
             cache_dir=Path(reader.text("LENS_CACHE_DIR") or default.cache_dir),
-            max_model_gb=reader.positive("LENS_MAX_MODEL_GB", "gigabytes", "the memory still free"),
+            max_model_gb=reader.positive("LENS_MAX_MODEL_GB", "gigabytes", "half the free memory"),
             cache_mb=reader.whole("LENS_CACHE_MB", default.cache_mb, least=1),
             model_cache_mb=reader.whole("LENS_MODEL_CACHE_MB", default.model_cache_mb, least=1),
             ndif_models=reader.names("LENS_NDIF_MODELS"),

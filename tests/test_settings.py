@@ -10,7 +10,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lens.settings import Settings
-from tests.conftest import ROOT, require_shared
+from tests.conftest import ROOT, require_shared, unescaped
 
 # Every setting the app reads, each set to something it can't use.
 GARBAGE = {
@@ -84,7 +84,7 @@ def test_app_with_every_setting_garbage_opens_the_demo_and_says_why(monkeypatch)
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert at.selectbox(key="model").value == "demo"
     assert len(at.get("vega_lite_chart")) >= 1  # the heatmap is drawn
-    shown = [w.value for w in at.warning]
+    shown = [unescaped(w.value) for w in at.warning]
     for name in UNREADABLE:
         assert any(w.startswith(f"Server setting ignored: {name}=") for w in shown), (name, shown)
     assert not any("garbage-key" in w for w in shown)
