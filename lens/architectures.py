@@ -9,6 +9,7 @@ measured outcomes by ``scripts/architecture_table.py``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from lens.errors import LensError
@@ -169,17 +170,59 @@ def describe(name: str) -> Architecture:
     )
 
 
-def check_architecture(config: dict) -> None:
-    """Refuse a model whose config.json names an architecture the lens is not proven on.
+def _causal_lm_of(model_type: object) -> str | None:
+    """The class transformers' AutoModelForCausalLM builds for a model_type (what a load really builds)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type) if isinstance(model_type, str) else None
+
+
+def architecture_name(config: Mapping) -> str:
+    """The architecture a config.json describes: its ``architectures`` field, else its model_type's causal LM.
+
+    A config without the field (an old checkpoint, or a crafted one) is named by the class
+    transformers builds for its ``model_type``, so ``model_type=bert`` reads as
+    BertLMHeadModel and is refused, not loaded as a masked LM. When both are given they
+    must agree: the class built is the one whose parity was proven.
+    """
+    names = config.get("architectures")
+    model_type = config.get("model_type")
+    built = _causal_lm_of(model_type)
+    if names in (None, []):
+        if built is None:
+            raise LensError(
+                f"The model's config.json names no architecture, and its model_type {str(model_type)[:80]!r} "
+                f"is no causal language model transformers knows ({TABLE_POINTER})."
+            )
+        return built
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise LensError("The model's config.json gives 'architectures' that is not a list of class names.")
+    named = ALIASES.get(names[0], names[0])
+    if model_type is not None and built != named and describe(named).status != UNSUPPORTED_STATUS:
+        raise LensError(
+            f"The model's config.json names {named[:80]} but its model_type {str(model_type)[:80]!r} builds "
+            f"{built or 'no causal language model'} in transformers; the lens reads only a proven pair."
+        )
+    return names[0]
+
+
+def check_architecture(config: Mapping) -> Architecture:
+    """Refuse a model whose config.json does not prove an architecture the lens reads exactly.
 
     Runs before any weights download, so an unsupported model costs one small file.
     """
-    names = config.get("architectures") or []
-    if not names:
-        return  # an old config without the field: TransformerLens decides from model_type
-    entry = describe(str(names[0]))
+    name = architecture_name(config)
+    entry = describe(name)
     if entry.status == UNSUPPORTED_STATUS:
-        raise LensError(f"Architecture {names[0]} is not supported: {entry.reason} ({TABLE_POINTER}).")
+        raise LensError(f"Architecture {name[:80]} is not supported: {entry.reason} ({TABLE_POINTER}).")
+    return entry
+
+
+def model_class(config: Mapping) -> type:
+    """The transformers class of a proven architecture (never remote code): for counting and building."""
+    import transformers
+
+    return getattr(transformers, check_architecture(config).name)
 
 
 def status_text(entry: Architecture) -> str:

@@ -1,11 +1,12 @@
 """What this machine can afford: refuse a model too big for memory before downloading or allocating it.
 
 A hosted server that downloads any model it is asked for, then builds it in fp32, is
-killed by the first 70B request, and every session with it. So the size is read first,
-from the hub's metadata (parameter count, or file sizes) and from the config's
-dimensions, and compared with ``LENS_MAX_MODEL_GB`` (default: the memory this process
-can still use, from the cgroup limit or the machine's RAM). The same reading of the CPU
-quota sets torch's thread count, which otherwise follows the host's cores.
+killed by the first 70B request, and every session with it. So the size is read first:
+exactly, by building the config's model on the meta device (shapes, no memory), and
+again from the hub's metadata (parameter count, or file sizes), and compared with
+``LENS_MAX_MODEL_GB`` (default: half of the memory this process can still use, from
+the cgroup limit or the machine's RAM, less 1 GB of working room). The same reading of
+the CPU quota sets torch's thread count, which otherwise follows the host's cores.
 """
 
 from __future__ import annotations
@@ -27,6 +28,14 @@ _LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _WIDTH_KEYS = ("hidden_size", "n_embd", "d_model")
 _FFN_KEYS = ("intermediate_size", "n_inner", "ffn_dim", "d_ff")
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")
+# The default budget: memory kept for the server's own work, and the sessions the rest is shared by.
+WORKING_BYTES = 1 * 2**30
+SESSIONS = 2
+# Deeper configs are counted from one- and two-layer builds: a meta build costs ~5 ms a layer.
+DEEP_LAYERS = 64
+# What each layer costs beyond its weights: its Python modules and TransformerLens's hook points,
+# measured at ~120-140 kB a block (GPT-2, Llama at width 4), doubled for other families.
+LAYER_BYTES = 256 * 2**10
 
 
 def _read_number(path: Path) -> int | None:
@@ -56,7 +65,13 @@ def available_memory_bytes() -> int:
 
 
 def model_budget_bytes() -> int:
-    """Largest fp32 weights this server loads: ``LENS_MAX_MODEL_GB``, or the memory still free."""
+    """Largest fp32 weights this server loads: ``LENS_MAX_MODEL_GB``, or a share of the memory still free.
+
+    The default keeps :data:`WORKING_BYTES` for the server's own work (a lens run's
+    activations and logits, its result caches) and halves the rest, so a second session
+    can still load a model as big beside the first; all free memory let one tuned lens
+    take everything.
+    """
     raw = os.environ.get("LENS_MAX_MODEL_GB", "").strip()
     if raw:
         try:
@@ -66,17 +81,27 @@ def model_budget_bytes() -> int:
         if not (math.isfinite(value) and value > 0):
             raise LensError(f"LENS_MAX_MODEL_GB must be a positive number of gigabytes, not {raw!r}.")
         return int(value * GB)
-    return available_memory_bytes()
+    return max(0, available_memory_bytes() - WORKING_BYTES) // SESSIONS
 
 
-def check_fits(n_parameters: float, what: str) -> None:
-    """Refuse, in one line with the size and the limit, weights whose fp32 copy won't fit."""
-    need = n_parameters * FP32_BYTES
-    limit = model_budget_bytes()
+def check_fits(
+    n_parameters: float,
+    what: str,
+    limit_bytes: int | None = None,
+    limit_name: str = "LENS_MAX_MODEL_GB",
+    layers: int = 0,
+) -> None:
+    """Refuse, in one line with the size and the limit, weights whose fp32 copy won't fit.
+
+    ``layers`` adds each layer's modules (:data:`LAYER_BYTES`), which a thin, deep model is mostly made of.
+    """
+    need = n_parameters * FP32_BYTES + layers * LAYER_BYTES
+    limit = model_budget_bytes() if limit_bytes is None else limit_bytes
     if need > limit:
+        in_layers = f" in {layers:,} layers" if layers else ""
         raise LensError(
-            f"{what} has about {_count(n_parameters)} parameters ({need / GB:,.1f} GB in fp32); "
-            f"this server loads at most {limit / GB:,.1f} GB (LENS_MAX_MODEL_GB)."
+            f"{what} has about {_count(n_parameters)} parameters{in_layers} ({need / GB:,.1f} GB in fp32); "
+            f"this server loads at most {limit / GB:,.1f} GB ({limit_name})."
         )
 
 
@@ -97,27 +122,82 @@ def _dimension(config: Mapping, keys: tuple[str, ...], what: str, name: str) -> 
     return None
 
 
-def config_parameters(config: Mapping, name: str) -> int:
-    """A generous estimate of a Hugging Face config's parameter count, from its dimensions.
+def _check_dimensions(config: Mapping, name: str) -> None:
+    """Whole numbers where the common dimension keys stand, for a clearer line than the model class's own error."""
+    for keys, what in (
+        (_LAYER_KEYS, "the number of layers"),
+        (_WIDTH_KEYS, "the width"),
+        (("vocab_size",), "the vocabulary size"),
+        (_FFN_KEYS, "the MLP width"),
+        (_CONTEXT_KEYS, "the context length"),
+    ):
+        _dimension(config, keys, what, name)
 
-    Embedding and unembedding (counted twice, as if untied), position table, and per
-    layer 4·d² for attention and 3·d·ffn for a gated MLP: an upper bound for the
-    architectures the lens reads, cheap enough to compute for a config of any size.
+
+def _meta_count(model_class: type, hf_config: object) -> int:
+    """Parameters of the model built on the meta device: shapes only, no memory; tied weights count once."""
+    import torch
+
+    with torch.device("meta"):
+        model = model_class(hf_config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _with_layers(hf_config: object, layers: int, n: int) -> object:
+    """A copy of the config with ``n`` layers; per-layer lists and patterns (layer types) cut to match."""
+    import copy
+
+    short = copy.deepcopy(hf_config)
+    for attribute, value in vars(short).items():
+        if isinstance(value, (list, tuple, str)) and len(value) == layers:
+            setattr(short, attribute, value[:n])
+    short.num_hidden_layers = n
+    return short
+
+
+def count_parameters(config: Mapping | object, shown: str) -> tuple[int, int]:
+    """The exact parameter count of the model a config describes, and its layers, without allocating it.
+
+    The model is built on torch's meta device, so every dimension counts (experts, head
+    size, vocabulary), not only the ones an estimate names. Deep configs are built with
+    one and two layers and extrapolated per layer, exact where every layer after the
+    first has one shape: building 200,000 meta layers would itself take minutes.
+    The class is the one ``architectures.model_class`` proves; no remote code is read.
     """
-    inner = config.get("text_config")
-    if isinstance(inner, Mapping):
-        return config_parameters(inner, name)
-    layers = _dimension(config, _LAYER_KEYS, "the number of layers", name) or 0
-    width = _dimension(config, _WIDTH_KEYS, "the width", name) or 0
-    vocab = _dimension(config, ("vocab_size",), "the vocabulary size", name) or 0
-    ffn = _dimension(config, _FFN_KEYS, "the MLP width", name) or 4 * width
-    context = _dimension(config, _CONTEXT_KEYS, "the context length", name) or 0
-    return 2 * vocab * width + context * width + layers * (4 * width * width + 3 * width * ffn)
+    from lens.architectures import model_class
+
+    if not isinstance(config, Mapping):  # a transformers config object (the nnsight loader holds one)
+        config = config.to_dict()
+    cls = model_class(config)
+    _check_dimensions(config, shown)
+    try:
+        hf_config = cls.config_class.from_dict(dict(config))
+        layers = getattr(hf_config, "num_hidden_layers", None)
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise LensError(f"Model '{shown}' has {layers!r} layers in its config.json; the lens needs at least one.")
+        if layers <= DEEP_LAYERS:
+            return _meta_count(cls, hf_config), layers
+        one, two = (_meta_count(cls, _with_layers(hf_config, layers, n)) for n in (1, 2))
+        return one + (layers - 1) * (two - one), layers
+    except LensError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a hostile config makes the model class raise anything
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise LensError(f"Model '{shown}''s config.json does not describe a model that can be built: {reason}") from exc
 
 
-def check_config(config: Mapping, name: str) -> None:
-    """Refuse a config that describes a model too big to build here, before anything is allocated."""
-    check_fits(config_parameters(config, name), f"Model '{name}'")
+def check_config(
+    config: Mapping | object, shown: str, limit_bytes: int | None = None, limit_name: str = "LENS_MAX_MODEL_GB"
+) -> int:
+    """Refuse a config whose model is too big, before anything is allocated or downloaded; return its count.
+
+    The one size check both loaders call (TransformerLens and nnsight); ``limit_bytes``
+    defaults to :func:`model_budget_bytes`, and ``limit_name`` says in the message where
+    another limit comes from.
+    """
+    n_parameters, layers = count_parameters(config, shown)
+    check_fits(n_parameters, f"Model '{shown}'", limit_bytes, limit_name, layers)
+    return n_parameters
 
 
 def hub_parameters(repo_id: str) -> float | None:

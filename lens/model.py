@@ -22,7 +22,6 @@ from urllib.parse import urlparse
 import torch
 
 from lens import budget
-from lens.architectures import check_architecture
 from lens.backend import Capabilities, OutputTransform, Progress, Readout
 from lens.errors import LensError
 from lens.tokens import TokenNamer, tokenizer_prepends_bos
@@ -395,9 +394,7 @@ def load_model(
     budget.limit_torch_threads()
     try:
         budget.check_hub_size(source, shown)
-        config = read_config(source)
-        check_architecture(config)
-        budget.check_config(config, shown)
+        budget.check_config(read_config(source), shown)  # the architecture is proven there too
         report("Starting TransformerLens", None)
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoTokenizer

@@ -217,6 +217,11 @@ def test_exact_architecture(name, tokenizer, outcomes):
     MLP in parallel, state-space blocks), asking for one is refused in one line.
     """
     hf_model, reference = build_tiny(name)
+    # The size guard's meta-device count is the real model's, tied weights once.
+    assert budget.count_parameters(reference.config.to_dict(), name) == (
+        sum(p.numel() for p in reference.parameters()),
+        reference.config.num_hidden_layers,
+    )
     model = LensModel.from_hf(hf_model, tokenizer, name=name)
     entry = ARCHITECTURES[name]
     if not entry.after_attention:
@@ -323,7 +328,15 @@ def test_unknown_hub_architecture_is_refused_and_a_proven_one_goes_on_to_downloa
     fake_hub["someone/new-thing"] = {"architectures": ["BrandNewForCausalLM"]}
     with pytest.raises(LensError, match="BrandNewForCausalLM is not supported"):
         load_model("someone/new-thing")
-    fake_hub["someone/cohere"] = {"architectures": ["CohereForCausalLM"]}
+    fake_hub["someone/cohere"] = {  # small: the config's own size is counted too
+        "architectures": ["CohereForCausalLM"],
+        "model_type": "cohere",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 1000,
+    }
     with pytest.raises(LensError) as passed_check:
         load_model("someone/cohere")
     assert isinstance(passed_check.value.__cause__, WeightsDownloaded)

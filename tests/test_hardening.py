@@ -112,7 +112,7 @@ def test_hub_model_that_fits_passes_unless_its_config_is_oversized(fake_hub, mon
 
 def test_local_config_with_a_million_layers_is_refused(tmp_path):
     folder = demo_copy(tmp_path, n_layer=1_000_000)
-    with pytest.raises(LensError, match=r"parameters \(.* GB in fp32\); this server loads at most"):
+    with pytest.raises(LensError, match=r"parameters in 1,000,000 layers \(.* GB in fp32\); this server loads at most"):
         load_model(str(folder))
     with pytest.raises(LensError, match="whole number"):
         load_model(str(demo_copy(tmp_path / "b", n_embd="wide")))
