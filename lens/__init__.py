@@ -11,7 +11,8 @@ from lens.corpus import corpus_stats
 from lens.engine import retarget, run_lens
 from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
-from lens.model import DEFAULT_MODEL, LensModel, load_model
+from lens.loading import DEFAULT_MODEL, load_model
+from lens.model import LensModel
 from lens.nnsight_backend import NnsightModel
 from lens.result import LensResult
 from lens.tokens import resolve_targets, tokenize_prompt, tokenize_target

@@ -217,13 +217,13 @@ def hub_parameters(repo_id: str) -> float | None:
     return sum(sizes) / 2 if sizes else None
 
 
-def check_hub_size(source: str, shown: str) -> None:
+def check_hub_size(source: str, shown: str, limit_bytes: int | None = None) -> None:
     """For a hub id, the hub's own parameter count within budget, before anything is downloaded."""
     if Path(source).is_dir():
         return
     n_parameters = hub_parameters(source)
     if n_parameters is not None:
-        check_fits(n_parameters, f"Model '{shown}'")
+        check_fits(n_parameters, f"Model '{shown}'", limit_bytes)
 
 
 def cpu_quota() -> int:

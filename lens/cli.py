@@ -14,7 +14,7 @@ from lens.backend import POINTS
 from lens.engine import run_lens
 from lens.errors import LensError
 from lens.exports import safe_csv
-from lens.model import DEFAULT_MODEL, load_model
+from lens.loading import DEFAULT_MODEL, load_model
 from lens.result import LensResult
 
 

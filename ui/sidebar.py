@@ -148,7 +148,7 @@ def _accept_model_link(choices: list[str]) -> None:
 @st.cache_data(ttl=120, show_spinner=False)
 def _unavailable(model_id: str) -> str | None:
     """Why a model can't be loaded here without trying (not cached and no hub), or None."""
-    from lens.model import resolve_model_source
+    from lens.sources import resolve_model_source
 
     try:
         resolve_model_source(model_id)
