@@ -13,23 +13,12 @@ from collections.abc import Collection
 
 import torch
 
-from lens import budget
+from lens import budget, sources
 from lens.architectures import check_architecture
 from lens.backend import Progress
 from lens.errors import LensError
 from lens.model import LensModel, load_transformer_lens
 from lens.nnsight_backend import DEFAULT_TIMEOUT, NnsightModel, check_api_key, load_nnsight
-from lens.sources import (
-    cached_snapshot,
-    check_repo_id,
-    download_snapshot,
-    hub_offline,
-    load_failure,
-    looks_like_path,
-    model_name,
-    read_config,
-    resolve_model_source,
-)
 
 DEFAULT_MODEL = "openai-community/gpt2"
 BACKENDS = ("transformer_lens", "nnsight")
@@ -70,9 +59,9 @@ def load_model(
     budget.limit_torch_threads()
     if remote:
         return _load_for_ndif(name_or_path, api_key, ndif_models, float(timeout), max_model_bytes, progress)
-    source, shown = resolve_model_source(name_or_path)
+    source, shown = sources.resolve_model_source(name_or_path)
     budget.check_hub_size(source, shown, max_model_bytes)
-    budget.check_config(read_config(source), shown, max_model_bytes)  # the architecture is proven there too
+    budget.check_config(sources.read_config(source), shown, max_model_bytes)  # the architecture is proven there too
     if backend == "nnsight":
         return load_nnsight(source, shown, device=device, dtype=dtype, progress=progress)
     return load_transformer_lens(
@@ -101,26 +90,26 @@ def _load_for_ndif(
     meta device, layer by layer, so its depth is checked against the limit first.
     """
     key = check_api_key(api_key)
-    name = model_name(name_or_path)
-    if looks_like_path(name):
+    name = sources.model_name(name_or_path)
+    if sources.looks_like_path(name):
         raise LensError("NDIF runs models from the Hugging Face hub: name one by its hub id, not a folder.")
-    check_repo_id(name)
+    sources.check_repo_id(name)
     if ndif_models is not None and name not in ndif_models:
         offered = ", ".join(sorted(ndif_models)) or "none"
         raise LensError(f"'{name}' is not among the NDIF models this server offers ({offered[:300]}).")
     try:
-        source = cached_snapshot(name)
+        source = sources.cached_snapshot(name)
         if source is None:
-            if hub_offline():
+            if sources.hub_offline():
                 raise LensError(
                     f"Could not read model '{name}': the hub can't be reached for its config and tokenizer."
                 )
-            source = download_snapshot(name, progress, weights=False)
-        config = read_config(source)
+            source = sources.download_snapshot(name, progress, weights=False)
+        config = sources.read_config(source)
     except LensError:
         raise
     except Exception as exc:  # noqa: BLE001 - the hub raises many types; classified by type
-        raise load_failure(exc, name) from exc
+        raise sources.load_failure(exc, name) from exc
     check_architecture(config)
     _, layers = budget.count_parameters(config, name)
     # The weights stay on NDIF; the structure built here on the meta device costs its modules, per layer.

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from lens import sources
 from lens.backend import Capabilities, OutputTransform, Progress, Readout, prefer_sdpa
 from lens.errors import LensError
-from lens.sources import download_snapshot, load_failure
 from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
 _TRANSFORMER_LENS_CAPABILITIES = Capabilities(
@@ -236,7 +236,7 @@ def load_transformer_lens(
         from transformers import AutoTokenizer
 
         if not Path(source).is_dir():
-            source = download_snapshot(source, progress)
+            source = sources.download_snapshot(source, progress)
         report(f"Reading the tokenizer and weights of {shown}", None)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=True)
         kwargs = {"device_map": device_map} if device_map is not None else {"device": device}
@@ -246,7 +246,7 @@ def load_transformer_lens(
     except LensError:
         raise
     except Exception as exc:  # the libraries raise many types; people need one line
-        raise load_failure(exc, shown, source) from exc
+        raise sources.load_failure(exc, shown, source) from exc
     bridge.eval()
     if fast_attention:
         use_fast_attention(bridge)

@@ -16,6 +16,7 @@ told apart by exception type and HTTP status; queue and run status go to ``progr
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -426,11 +427,15 @@ def _run_on_ndif(model: NnsightModel, run: Callable, progress: Progress | None) 
     started = time.monotonic()
     worker = threading.Thread(target=work, name=f"ndif-{model.name}", daemon=True)
     worker.start()
+    reported = 0
     while True:
         worker.join(min(PROGRESS_SECONDS, max(0.0, model.timeout - (time.monotonic() - started))))
         elapsed = time.monotonic() - started
         if progress is not None:
-            progress(f"{backend.message} ({elapsed:.0f} s of at most {model.timeout:g} s)", None)
+            fresh = backend.updates[reported:]
+            reported += len(fresh)
+            for message in fresh or backend.updates[-1:]:
+                progress(f"{message} ({elapsed:.0f} s of at most {model.timeout:g} s)", None)
         if not worker.is_alive():
             break
         if elapsed >= model.timeout:
@@ -454,33 +459,47 @@ _STATUS_MESSAGES = {
 
 
 def remote_backend(model: NnsightModel):
-    """nnsight's RemoteBackend with a deadline, its status kept for the waiting thread instead of printed.
+    """nnsight's RemoteBackend for this model, with its time limit; status kept for the waiting thread.
 
     The lens modules travel by value (registered with nnsight), so NDIF needs no copy
     of this package, installed or not.
     """
     import nnsight
-    import websocket
     from nnsight.intervention.backends.display import StatusDisplay
+
+    nnsight.register(__name__.split(".")[0])
+    backend = deadline_backend_class()(
+        _model_key(model), api_key=model.api_key, env=model.wrapper._remoteable_get_env()
+    )
+    backend.timeout = model.timeout
+    backend.display = StatusDisplay(enabled=False)  # status goes to progress, never to a log
+    return backend
+
+
+@functools.cache
+def deadline_backend_class() -> type:
+    """RemoteBackend whose every socket read is bounded and can be abandoned (nnsight's waits without limit)."""
+    import websocket
     from nnsight.intervention.backends.remote import RemoteBackend
     from nnsight.schema.response import Status
 
-    nnsight.register(__name__.split(".")[0])
-
     class DeadlineBackend(RemoteBackend):
-        message = "Sending the request to NDIF"
         last_status: str | None = None
         abandoned = False
         connection = None
+        timeout = DEFAULT_TIMEOUT
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.updates = ["Sending the request to NDIF"]  # appended by the worker, read by the waiting thread
 
         def note(self, response) -> bool:
             name = getattr(response.status, "name", str(response.status))
             if name in _STATUS_MESSAGES:
                 self.last_status = name
                 detail = (response.description or "").strip().splitlines()
-                self.message = _STATUS_MESSAGES[name]
-                if name == "QUEUED" and detail:
-                    self.message += f": {detail[0][:120]}"
+                message = _STATUS_MESSAGES[name]
+                self.updates.append(f"{message}: {detail[0][:120]}" if name == "QUEUED" and detail else message)
             return super().note(response)
 
         def abandon(self) -> None:
@@ -490,12 +509,12 @@ def remote_backend(model: NnsightModel):
                 self.connection.close()
 
         def request(self, request, tracer):
-            """nnsight's blocking request, with every socket read bounded (its own has no limit)."""
+            """nnsight's blocking request, with the handshake and every read bounded."""
             blob = self._serialize(tracer)
             header = {"ndif-api-key": self.api_key} if self.api_key else None
-            self.message = f"Connecting to NDIF at {self.host}"
+            self.updates.append(f"Connecting to NDIF at {self.host}")
             self.connection = websocket.create_connection(
-                f"{self.ws_host}/subscribe", header=header, timeout=model.timeout
+                f"{self.ws_host}/subscribe", header=header, timeout=self.timeout
             )
             try:
                 request.session_id = json.loads(self.connection.recv())["session_id"]
@@ -510,13 +529,11 @@ def remote_backend(model: NnsightModel):
                     result = self.handle(response)
                     if response.status == Status.COMPLETED:
                         return result
-                raise NdifTimeout(model.timeout, self.last_status)
+                raise NdifTimeout(self.timeout, self.last_status)
             finally:
                 self.connection.close()
 
-    backend = DeadlineBackend(_model_key(model), api_key=model.api_key, env=model.wrapper._remoteable_get_env())
-    backend.display = StatusDisplay(enabled=False)  # status goes to progress, never to a log
-    return backend
+    return DeadlineBackend
 
 
 def _model_key(model: NnsightModel) -> str:
