@@ -39,10 +39,6 @@ BLOCK_LOGITS = 2**23  # logits made at once in the trace: 64 MB in float64, 65 p
 DEFAULT_TIMEOUT = 300.0  # seconds a remote run may take, queue included (the app's LENS_NDIF_TIMEOUT)
 PROGRESS_SECONDS = 1.0  # how often the waiting thread reports and checks the time
 STATUS_SECONDS = 5.0  # NDIF's /status, asked after it refused a job
-# Where decoder layers, the final norm and the output head sit in the model families
-# NDIF hosts (Llama, Gemma, Qwen, Mistral, GPT-2, GPT-J, GPT-NeoX, OLMo).
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
-_NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
 # The arrays a run saves out of the trace, and nothing else (their size: payload_bytes).
 SAVED_ARRAYS = STATISTICS
 
@@ -103,12 +99,17 @@ class NnsightModel:
 
     @cached_property
     def output_transform(self) -> OutputTransform:
-        """The config's logit scale (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``) and soft-cap."""
-        scale = float(getattr(self.config, "logit_scale", None) or 1.0)
-        scaling = getattr(self.config, "logits_scaling", None)
+        """The config's logit scale and soft-cap, under every name the exact families use for them.
+
+        Read from the config, not the weights, so a remote handle (no weights here) has it too.
+        """
+        config = self.config
+        scale = float(getattr(config, "logit_scale", None) or 1.0)  # Cohere
+        scale *= float(getattr(config, "lm_head_multiplier", None) or 1.0)  # Falcon-H1
+        scaling = getattr(config, "logits_scaling", None)  # Granite divides
         if scaling:
             scale /= float(scaling)
-        cap = getattr(self.config, "final_logit_softcapping", None)
+        cap = getattr(config, "final_logit_softcapping", None) or getattr(config, "logits_soft_cap", None)
         return OutputTransform(scale, float(cap) if cap else None)
 
     @cached_property
@@ -181,14 +182,6 @@ def _envoy(root, path: str):
     return root
 
 
-def _has_path(module: torch.nn.Module, path: str) -> bool:
-    for part in path.split("."):
-        if not hasattr(module, part):
-            return False
-        module = getattr(module, part)
-    return True
-
-
 def saved_api_key() -> str | None:
     """The key nnsight's own config holds (``nnsight login``), for a caller that passes none."""
     from nnsight import CONFIG
@@ -259,12 +252,36 @@ def wrap_hf_model(hf_model: torch.nn.Module, tokenizer, *, name: str) -> Nnsight
     return _handle(nnsight.TransformersModel(hf_model, tokenizer=tokenizer, task=TASK), tokenizer, name)
 
 
+def _block_paths(module: torch.nn.Module) -> tuple[str | None, str | None]:
+    """Where the decoder blocks and the final norm sit, found by structure, not by family name.
+
+    The blocks are the first module list as long as the model is deep (``model.layers``,
+    ``transformer.h``, ``backbone.layers``, ``rwkv.blocks``, ...); the final norm is the
+    last norm registered beside them (``model.norm``, ``transformer.ln_f``, ``backbone.norm_f``,
+    Lfm2's ``model.embedding_norm``, which it applies last). The architecture tests prove each
+    exact family's output row against the model's own logits.
+    """
+    depth = getattr(module.config, "num_hidden_layers", None)
+    layers = next(
+        (name for name, m in module.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth),
+        None,
+    )
+    if layers is None:
+        return None, None
+    parent_path, _, list_name = layers.rpartition(".")
+    parent = module.get_submodule(parent_path)
+    norms = [n for n, m in parent._modules.items() if "norm" in type(m).__name__.lower() or n == list_name]
+    at = norms.index(list_name)
+    # The first norm registered after the blocks, else the last before them (OPT registers it first).
+    norm = next(iter(norms[at + 1 :]), norms[at - 1] if at else None)
+    return layers, None if norm is None else f"{parent_path}.{norm}".lstrip(".")
+
+
 def _handle(
     wrapper, tokenizer, name: str, *, remote: bool = False, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT
 ) -> NnsightModel:
     module = wrapper._module
-    layers = next((p for p in _LAYER_PATHS if _has_path(module, p)), None)
-    norm = next((p for p in _NORM_PATHS if _has_path(module, p)), None)
+    layers, norm = _block_paths(module)
     output_head = module.get_output_embeddings()
     head = next((n for n, m in module.named_modules() if m is output_head and n), None)
     if layers is None or norm is None or head is None:
