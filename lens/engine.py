@@ -449,6 +449,10 @@ def retarget(model: Backend, result: LensResult, targets: Sequence[str | int]) -
     logit of every cell, so they take a chunked pass of matmul and compare, without the
     exp, top-k and KL work of a full run.
     """
+    model = check_backend(model)
+    model.capabilities.require("local_weights", "retargeting (it reads the kept final-norm outputs here)", model.name)
+    if not isinstance(result, LensResult):
+        raise LensError(f"retarget needs a LensResult from run_lens, not {type(result).__name__}.")
     if result.unembed_input is None:
         raise LensError(
             "This result did not keep its unembedding inputs; run the lens again with keep_unembed_input=True."
