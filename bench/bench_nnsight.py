@@ -1,6 +1,6 @@
 """The nnsight backend against the TransformerLens backend and the naive method, and its payload.
 
-    python bench/bench_nnsight.py [--tokens 256] [--repeats 5]
+    python -m bench.bench_nnsight [--tokens 256] [--repeats 5]
 
 On GPT-2-small's shape (random weights, the real tokenizer), run locally:
 (a) naive: the seed notebook's way: every row's full logits, a full softmax, then the max.
@@ -28,8 +28,8 @@ import subprocess
 import sys
 import time
 
-import bench_lens
-from common import ROOT, SHARED_MODELS, peak_rss_mb, prompt_of_length
+from bench import bench_lens
+from bench.common import ROOT, SHARED_MODELS, peak_rss_mb, prompt_of_length
 
 METHODS = ("naive", "transformer_lens", "nnsight")
 
@@ -155,7 +155,10 @@ def main() -> None:
         seconds = timings(n, args.repeats)
         for method in METHODS:
             done = subprocess.run(
-                [sys.executable, __file__, "--memory", method, str(n)], cwd=ROOT, capture_output=True, text=True
+                [sys.executable, "-m", __spec__.name, "--memory", method, str(n)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
             )
             if done.returncode:
                 sys.exit(done.stderr.strip().splitlines()[-1])
