@@ -123,7 +123,7 @@ def payload(n_tokens: int = 64, top_k: int = 10, n_targets: int = 1) -> dict[str
     model = wrap_hf_model(LlamaForCausalLM(config), tokenizer, name="llama-70b-shape")
     ids = torch.randint(0, config.vocab_size, (1, n_tokens))
     paths = (model.layers_path, model.norm_path, model.head_path)
-    saved = traced_statistics(model.wrapper, ids, paths, False, top_k, list(range(n_targets)), None)
+    saved = traced_statistics(model.wrapper, ids, paths, False, top_k, list(range(n_targets)), model.output_transform)
     buffer = io.BytesIO()
     torch.save(saved, buffer)  # what a server's torch.save of the saves holds, before compression
     return {

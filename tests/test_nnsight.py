@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -60,21 +61,35 @@ def no_user_key(monkeypatch):
     monkeypatch.setattr(CONFIG.API, "APIKEY", None)
 
 
-@pytest.fixture
-def hub_stories(tmp_path, monkeypatch):
-    """stories260K as a hub model in the local cache (the hub itself is unreachable): its hub id."""
-    require_shared()
-    from huggingface_hub import constants
-
-    repo = tmp_path / "hub" / "models--lens-test--stories260K"
+def cache_hub_model(cache: Path, repo_id: str, config: dict | None = None) -> str:
+    """Put stories260K's files (with another config.json, if given) in a hub cache as ``repo_id``."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
     snapshot = repo / "snapshots" / ("0" * 40)
     snapshot.mkdir(parents=True)
     for path in STORIES.iterdir():
-        (snapshot / path.name).symlink_to(path)
+        if config is None or path.name != "config.json":
+            (snapshot / path.name).symlink_to(path)
+    if config is not None:
+        (snapshot / "config.json").write_text(json.dumps(config))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text("0" * 40)
+    return repo_id
+
+
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch) -> Path:
+    """An empty local hub cache that the hub library reads (the hub itself is unreachable)."""
+    require_shared()
+    from huggingface_hub import constants
+
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    return HUB_ID
+    return tmp_path / "hub"
+
+
+@pytest.fixture
+def hub_stories(hub_cache):
+    """stories260K as a hub model in the local cache: its hub id."""
+    return cache_hub_model(hub_cache, HUB_ID)
 
 
 @pytest.fixture
@@ -176,6 +191,64 @@ def test_payload_at_70b_shape_is_kilobytes():
 def test_no_key_is_one_line_before_any_download(no_user_key):
     with pytest.raises(LensError, match="No NDIF API key: set NDIF_API_KEY"):
         load_model("meta-llama/Llama-3.1-70B", backend="nnsight", remote=True)
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _huge_config() -> dict:
+    config = json.loads((STORIES / "config.json").read_text())
+    return config | {"num_hidden_layers": 10**6}
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "ndif"])
+def test_a_huge_config_is_refused_in_seconds_with_flat_memory(hub_cache, tmp_path, remote):
+    """A million-layer config: refused from the config alone, under 5 s, memory flat (nothing built)."""
+    if remote:
+        name = cache_hub_model(hub_cache, "lens-test/huge", _huge_config())
+    else:
+        name = str(tmp_path / "huge")
+        Path(name).mkdir()
+        (Path(name) / "config.json").write_text(json.dumps(_huge_config()))
+    from lens import budget
+
+    budget.count_parameters(json.loads((STORIES / "config.json").read_text()), "warm-up")  # imports, not timed
+    before, started = _rss_mb(), time.monotonic()
+    with pytest.raises(LensError) as refused:
+        load_model(name, backend="nnsight", remote=remote, api_key=SECRET, max_model_bytes=2 * 10**9)
+    assert time.monotonic() - started < 5 and _rss_mb() - before < 100
+    assert "1,000,000 layers" in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("remote", [False, True], ids=["local", "ndif"])
+def test_an_unproven_architecture_is_refused_before_anything_is_built(hub_cache, tmp_path, remote):
+    config = json.loads((STORIES / "config.json").read_text()) | {"architectures": ["EvilForCausalLM"]}
+    if remote:
+        name = cache_hub_model(hub_cache, "lens-test/evil", config)
+    else:
+        name = str(tmp_path / "evil")
+        Path(name).mkdir()
+        (Path(name) / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LensError, match="EvilForCausalLM"):
+        load_model(name, backend="nnsight", remote=remote, api_key=SECRET)
+
+
+@pytest.mark.parametrize("path", [str(STORIES), "/etc", "/no/such/folder", "./models", "~/x", "..", "a/b/c"])
+def test_a_path_for_ndif_is_one_message_whether_or_not_it_exists(path):
+    with pytest.raises(LensError) as refused:
+        load_model(path, backend="nnsight", remote=True, api_key=SECRET)
+    assert str(refused.value) == "NDIF runs models from the Hugging Face hub: name one by its hub id, not a folder."
+
+
+def test_ndif_ids_are_limited_to_the_offered_list(hub_stories):
+    with pytest.raises(LensError, match=r"^'lens-test/stories260K' is not among the NDIF models this server offers"):
+        load_model(hub_stories, backend="nnsight", remote=True, api_key=SECRET, ndif_models=["meta-llama/Llama-3.1-8B"])
+    offered = load_model(hub_stories, backend="nnsight", remote=True, api_key=SECRET, ndif_models=[hub_stories])
+    assert offered.remote and offered.name == hub_stories
 
 
 def test_remote_handle_holds_no_weights_and_hides_the_key(remote_stories):
