@@ -481,16 +481,26 @@ def remote_backend(model: NnsightModel):
     The lens modules travel by value (registered with nnsight), so NDIF needs no copy
     of this package, installed or not.
     """
-    import nnsight
     from nnsight.intervention.backends.display import StatusDisplay
 
-    nnsight.register(__name__.split(".")[0])
+    ship_by_value()
     backend = deadline_backend_class()(
         _model_key(model), api_key=model.api_key, env=model.wrapper._remoteable_get_env()
     )
     backend.timeout = model.timeout
     backend.display = StatusDisplay(enabled=False)  # status goes to progress, never to a log
     return backend
+
+
+def ship_by_value() -> None:
+    """Have nnsight pickle this package's code into the request (reduce_rows, OutputTransform), not name it.
+
+    nnsight ships only modules outside site-packages by value; an installed ``lens`` would be
+    named by reference and fail on NDIF, which has no copy of it.
+    """
+    import nnsight
+
+    nnsight.register(__name__.split(".")[0])
 
 
 @functools.cache

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import pickle
 import socket
 import subprocess
 import sys
@@ -180,6 +181,35 @@ def test_only_the_reduced_arrays_leave_the_trace(backends, monkeypatch):
     # The bound: per cell, a 4-byte id and probability per top-k entry, three numbers, three per target.
     assert saved <= rows * positions * (2 * top_k + 3 + 3 * len(targets)) * 4
     assert saved * 50 < rows * positions * model.d_vocab * 4  # full fp32 logits would be 50x more
+
+
+def test_the_in_trace_code_travels_by_value(tmp_path):
+    """reduce_rows and the OutputTransform, pickled as nnsight ships them, run where `lens` can't be imported."""
+    import cloudpickle
+
+    from lens.backend import OutputTransform
+    from lens.nnsight_backend import reduce_rows, ship_by_value
+
+    ship_by_value()
+    torch.manual_seed(0)
+    hidden = [torch.randn(5, 16) for _ in range(3)]
+    norm, head = torch.nn.LayerNorm(16), torch.nn.Linear(16, 40)
+    job = (reduce_rows, hidden, norm, head, 4, [3, 7], OutputTransform(0.5, 3.0))
+    expected = reduce_rows(*job[1:])
+    (tmp_path / "job.pkl").write_bytes(cloudpickle.dumps(job))
+    remote_side = (
+        "import pickle, sys\n"
+        "function, *args = pickle.load(open('job.pkl', 'rb'))\n"
+        "assert 'lens' not in sys.modules\n"
+        "pickle.dump(function(*args), open('out.pkl', 'wb'))\n"
+        "try:\n    import lens\nexcept ModuleNotFoundError:\n    print('no lens here')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", remote_side], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "no lens here\n", done.stderr[-1500:]
+    got = pickle.loads((tmp_path / "out.pkl").read_bytes())
+    assert set(got) == set(expected)
+    for name, value in expected.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=0)
 
 
 def test_payload_at_70b_shape_is_kilobytes():
