@@ -22,7 +22,7 @@ from lens.architectures import EXACT
 from lens.attribution import cell_writes, head_attention
 from lens.backend import prefer_sdpa
 from lens.compare import js_divergence, last_position_log_probs, same_vocabulary
-from lens.nnsight_backend import wrap_hf_model
+from lens.nnsight_backend import traced_statistics, wrap_hf_model
 from tests.conftest import STORIES, require_shared
 from tests.test_architectures import build_tiny
 
@@ -81,6 +81,20 @@ def test_run_lens_agrees(name):
     reference, model = _pair(name)
     kwargs = {"top_k": 10, "targets": TARGETS, "points": ("resid_pre", "resid_post")}
     assert_same_result(run_lens(model, _prompt(name), **kwargs), run_lens(reference, _prompt(name), **kwargs))
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_ndif_reduction_agrees(name):
+    """The statistics NDIF computes in the trace (float64, run here with nnsight's local backend) are the engine's."""
+    reference, model = _pair(name)
+    expected = run_lens(reference, _prompt(name), top_k=10, targets=TARGETS, points=("resid_pre", "resid_post"))
+    paths = (model.layers_path, model.norm_path, model.head_path)
+    ids = torch.tensor([expected.token_ids])
+    got = traced_statistics(model.wrapper, ids, paths, True, 10, expected.target_ids, model.output_transform)
+    np.testing.assert_array_equal(got["top_ids"].numpy(), expected.top_ids)
+    np.testing.assert_array_equal(got["target_ranks"].numpy(), expected.target_ranks)
+    for field in ("top_probs", "entropy", "kl_to_final", "target_probs", "target_logits", "log_normalizer"):
+        np.testing.assert_allclose(got[field].numpy(), getattr(expected, field), atol=1e-5, rtol=5e-6, err_msg=field)
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -129,14 +129,20 @@ def test_position_blocks_change_nothing(backends, monkeypatch):
     from lens import nnsight_backend
 
     _, model = backends["demo"]
-    whole = run_lens(model, PROMPTS["demo"], targets=[" Paris"])
+    ids = torch.tensor([model.tokenizer(PROMPTS["demo"])["input_ids"]])
+    paths = (model.layers_path, model.norm_path, model.head_path)
+
+    def reduced() -> dict[str, torch.Tensor]:
+        return traced_statistics(model.wrapper, ids, paths, True, 5, [11, 13], model.output_transform)
+
+    whole = reduced()
     monkeypatch.setattr(nnsight_backend, "BLOCK_LOGITS", 3 * model.d_vocab)
-    blocked = run_lens(model, PROMPTS["demo"], targets=[" Paris"])
-    np.testing.assert_array_equal(blocked.top_ids, whole.top_ids)
-    np.testing.assert_array_equal(blocked.target_ranks, whole.target_ranks)
+    blocked = reduced()
+    torch.testing.assert_close(blocked["top_ids"], whole["top_ids"], rtol=0, atol=0)
+    torch.testing.assert_close(blocked["target_ranks"], whole["target_ranks"], rtol=0, atol=0)
     # A 3-row matmul rounds differently from a 12-row one, in the last fp32 digits only.
     for field in ("top_probs", "entropy", "kl_to_final", "target_logits"):
-        np.testing.assert_allclose(getattr(blocked, field), getattr(whole, field), atol=1e-5, rtol=0)
+        torch.testing.assert_close(blocked[field], whole[field], atol=1e-5, rtol=0)
 
 
 def test_kl_and_entropy_match_a_float64_reference(backends):
@@ -556,14 +562,14 @@ def test_app_allowlist_limits_ndif_models(app, monkeypatch):
 
 
 @pytest.fixture
-def app_on_local_ndif(app, monkeypatch):
-    """The app with stories260K offered "on NDIF" (LENS_NDIF_MODELS) and a key, so runs reach the backend."""
+def app_on_local_ndif(app, hub_stories, monkeypatch):
+    """The app with stories260K's hub id offered "on NDIF" (LENS_NDIF_MODELS) and a key, so runs reach the backend."""
     from nnsight import CONFIG
 
-    monkeypatch.setenv("LENS_NDIF_MODELS", str(STORIES))
+    monkeypatch.setenv("LENS_NDIF_MODELS", hub_stories)
     monkeypatch.setenv("NDIF_API_KEY", SECRET)
     monkeypatch.setattr(CONFIG.API, "HOST", UNREACHABLE)
-    app.query_params["model"] = f"{STORIES} (on NDIF)"
+    app.query_params["model"] = f"{hub_stories} (on NDIF)"
     return app
 
 
