@@ -142,7 +142,7 @@ def test_position_blocks_change_nothing(backends, monkeypatch):
     torch.testing.assert_close(blocked["target_ranks"], whole["target_ranks"], rtol=0, atol=0)
     # A 3-row matmul rounds differently from a 12-row one, in the last fp32 digits only.
     for field in ("top_probs", "entropy", "kl_to_final", "target_logits"):
-        torch.testing.assert_close(blocked[field], whole[field], atol=1e-5, rtol=0)
+        torch.testing.assert_close(blocked[field], whole[field], atol=1e-5, rtol=5e-6)
 
 
 def test_kl_and_entropy_match_a_float64_reference(backends):
