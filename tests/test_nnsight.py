@@ -312,6 +312,10 @@ def _fake_server(monkeypatch, statuses, *, then=None):
         seen["api_key"], seen["model_key"] = self.api_key, self.model_key
         for status, description in statuses:
             self.note(ResponseModel(id="job", status=Status(status), description=description))
+        if then == "wait":  # a queue that doesn't move: wait until the client gives up
+            while not self.abandoned:
+                time.sleep(0.05)
+            return None
         if then is not None:
             raise then
         # "NDIF" runs the serialized trace (local modules hidden, as on the server) on the real model.
@@ -328,7 +332,8 @@ def test_queue_wait_reports_status_and_the_remote_path_returns_the_same_result(r
     result = run_lens(
         remote_stories, PROMPTS["stories"], targets=[" Lily"], progress=lambda message, _: heard.append(message)
     )
-    assert any(m.startswith("Waiting in NDIF's queue: 3 requests ahead (0 s of at most 300 s)") for m in heard)
+    assert any(m.startswith("Waiting in NDIF's queue: 3 requests ahead (") for m in heard)
+    assert all(m.endswith(" s of at most 300 s)") for m in heard)
     assert heard[-1].startswith("NDIF finished")
     assert seen["api_key"] == SECRET and '"repo_id"' in seen["model_key"]
     local = run_lens(backends["stories"][1], PROMPTS["stories"], targets=[" Lily"])
@@ -354,6 +359,18 @@ def test_a_refused_job_is_not_hosted_only_when_ndif_lists_no_deployment(remote_s
             with pytest.raises(LensError) as caught:
                 run_lens(remote_stories, PROMPTS["stories"])
         assert str(caught.value) == line
+
+
+def test_a_queue_that_does_not_move_times_out_with_its_own_line(hub_stories, monkeypatch):
+    _fake_server(monkeypatch, [("RECEIVED", ""), ("QUEUED", "12 requests ahead")], then="wait")
+    remote = load_model(hub_stories, backend="nnsight", remote=True, api_key=SECRET, timeout=2)
+    heard: list[str] = []
+    with pytest.raises(LensError) as caught:
+        run_lens(remote, PROMPTS["stories"], progress=lambda message, _: heard.append(message))
+    assert str(caught.value) == (
+        f"NDIF's queue did not reach the run of '{HUB_ID}' within 2 s (LENS_NDIF_TIMEOUT); try again later."
+    )
+    assert any(m.startswith("Waiting in NDIF's queue: 12 requests ahead (") for m in heard)
 
 
 @contextlib.contextmanager
