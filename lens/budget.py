@@ -3,10 +3,11 @@
 A hosted server that downloads any model it is asked for, then builds it in fp32, is
 killed by the first 70B request, and every session with it. So the size is read first:
 exactly, by building the config's model on the meta device (shapes, no memory), and
-again from the hub's metadata (parameter count, or file sizes), and compared with
-``LENS_MAX_MODEL_GB`` (default: half of the memory this process can still use, from
-the cgroup limit or the machine's RAM, less 1 GB of working room). The same reading of
-the CPU quota sets torch's thread count, which otherwise follows the host's cores.
+again from the hub's metadata (parameter count, or file sizes), and compared with the
+limit the caller passes (the app's ``LENS_MAX_MODEL_GB``; default: half of the memory
+this process can still use, from the cgroup limit or the machine's RAM, less 1 GB of
+working room). The same reading of the CPU quota sets torch's thread count, which
+otherwise follows the host's cores.
 """
 
 from __future__ import annotations
@@ -64,23 +65,18 @@ def available_memory_bytes() -> int:
     return min(candidates) if candidates else 8 * 2**30
 
 
-def model_budget_bytes() -> int:
-    """Largest fp32 weights this server loads: ``LENS_MAX_MODEL_GB``, or a share of the memory still free.
+def model_budget_bytes(limit_bytes: int | None = None) -> int:
+    """Largest fp32 weights this server loads: the caller's limit, or a share of the memory still free.
 
     The default keeps :data:`WORKING_BYTES` for the server's own work (a lens run's
     activations and logits, its result caches) and halves the rest, so a second session
     can still load a model as big beside the first; all free memory let one tuned lens
     take everything.
     """
-    raw = os.environ.get("LENS_MAX_MODEL_GB", "").strip()
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise LensError(f"LENS_MAX_MODEL_GB must be a positive number of gigabytes, not {raw!r}.")
-        return int(value * GB)
+    if limit_bytes is not None and limit_bytes <= 0:
+        raise LensError(f"The model size limit must be a positive number of bytes, not {limit_bytes!r}.")
+    if limit_bytes is not None:
+        return int(limit_bytes)
     return max(0, available_memory_bytes() - WORKING_BYTES) // SESSIONS
 
 
@@ -96,7 +92,7 @@ def check_fits(
     ``layers`` adds each layer's modules (:data:`LAYER_BYTES`), which a thin, deep model is mostly made of.
     """
     need = n_parameters * FP32_BYTES + layers * LAYER_BYTES
-    limit = model_budget_bytes() if limit_bytes is None else limit_bytes
+    limit = model_budget_bytes(limit_bytes)
     if need > limit:
         in_layers = f" in {layers:,} layers" if layers else ""
         raise LensError(
@@ -192,8 +188,8 @@ def check_config(
     """Refuse a config whose model is too big, before anything is allocated or downloaded; return its count.
 
     The one size check both loaders call (TransformerLens and nnsight); ``limit_bytes``
-    defaults to :func:`model_budget_bytes`, and ``limit_name`` says in the message where
-    another limit comes from.
+    defaults to :func:`model_budget_bytes`'s share of free memory, and ``limit_name`` says
+    in the message where another limit comes from.
     """
     n_parameters, layers = count_parameters(config, shown)
     check_fits(n_parameters, f"Model '{shown}'", limit_bytes, limit_name, layers)

@@ -19,8 +19,8 @@ from lens.backend import Progress
 from lens.errors import LensError
 from lens.model import LensModel, load_transformer_lens
 from lens.nnsight_backend import DEFAULT_TIMEOUT, NnsightModel, check_api_key, load_nnsight
+from lens.settings import DEFAULT_MODEL
 
-DEFAULT_MODEL = "openai-community/gpt2"
 BACKENDS = ("transformer_lens", "nnsight")
 
 
