@@ -189,6 +189,8 @@ def architecture_name(config: Mapping) -> str:
     model_type = config.get("model_type")
     built = _causal_lm_of(model_type)
     if names in (None, []):
+        if model_type is None:
+            raise LensError(f"The model's config.json names no architecture and no model_type ({TABLE_POINTER}).")
         if built is None:
             raise LensError(
                 f"The model's config.json names no architecture, and its model_type {str(model_type)[:80]!r} "

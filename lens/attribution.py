@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 
 from lens.backend import Backend, Row, check_backend, lens_rows
+from lens.checks import listed, whole_number
 from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, check_lens
 from lens.tokens import tokenize_prompt, tokenize_target
@@ -185,8 +186,9 @@ class CellWrites:
         The unembedding bias is left out: it is the same for every part. ``parts`` picks
         labels from :meth:`grouped` or :meth:`part_labels` (a single head); all per-layer parts by default.
         """
+        whole_number(k, "k", 1)
         labels, directions = self.grouped()
-        wanted = list(parts) if parts is not None else labels
+        wanted = labels if parts is None else listed(parts, "parts", str, "a part label or a list of them")
         own = self.part_labels()
         rows = []
         for name in wanted:
@@ -568,6 +570,7 @@ def attribute(
     ``row`` None is the output row. With ``contrast``, the logit difference target −
     contrast is split. Another target or contrast later: :meth:`Attribution.retarget`.
     """
+    model = check_backend(model)
     target_id = single_token(model, target, "target")
     if contrast not in (None, ""):
         single_token(model, contrast, "contrast")

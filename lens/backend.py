@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from lens.checks import listed
 from lens.errors import LensError
 
 if TYPE_CHECKING:
@@ -42,8 +43,7 @@ class Row:
 
 def lens_rows(model: Backend, points: Sequence[str] = ("resid_post",)) -> list[Row]:
     """Rows bottom-up. The final block's output is always included, as the last row."""
-    if isinstance(points, str):
-        points = (points,)
+    points = listed(points, "points", str, f"a residual point or a list of them ({', '.join(POINTS)})")
     unknown = {p for p in points if p not in POINTS}
     if unknown:
         raise LensError(f"Unknown residual point {min(map(str, unknown))!r}; choose from {', '.join(POINTS)}.")

@@ -18,6 +18,10 @@ from lens.loading import DEFAULT_MODEL, load_model
 from lens.result import LensResult
 from lens.settings import Settings
 
+# Read no further: /dev/zero or an endless pipe would otherwise fill memory (2.7 GB in 8 s).
+# Far past any prompt a model's context holds; the model's own bound is exact (tokenize_prompt).
+MAX_PROMPT_BYTES = 4_000_000
+
 
 class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse would print the usage block too
@@ -136,11 +140,14 @@ def read_prompt(argument: str | None, prompt_file: Path | None) -> str:
     if (argument is None) == (prompt_file is None):
         raise LensError("Give the prompt as an argument, '-' for standard input, or --prompt-file FILE (one of them).")
     if prompt_file is not None:
-        data, source = prompt_file.read_bytes(), str(prompt_file)
+        with prompt_file.open("rb") as stream:
+            data, source = stream.read(MAX_PROMPT_BYTES + 1), str(prompt_file)
     elif argument == "-":
-        data, source = sys.stdin.buffer.read(), "standard input"
+        data, source = sys.stdin.buffer.read(MAX_PROMPT_BYTES + 1), "standard input"
     else:
         return argument
+    if len(data) > MAX_PROMPT_BYTES:
+        raise LensError(f"The prompt in {source} is longer than {MAX_PROMPT_BYTES:,} bytes, more than the lens reads.")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

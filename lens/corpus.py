@@ -16,10 +16,11 @@ import pandas as pd
 import torch
 
 from lens.backend import Backend, Row, check_backend, lens_rows
+from lens.checks import callback
 from lens.engine import capture_normed_batch, cell_statistics
 from lens.errors import LensError
 from lens.lenses import Lens, check_lens
-from lens.tokens import is_byte_level, piece_bytes, uses_bos
+from lens.tokens import check_text, is_byte_level, piece_bytes, uses_bos
 
 DEFAULT_MAX_TOKENS = 20_000
 BATCH_TOKENS = 1024  # padded tokens per forward pass: short texts share one, long windows go alone
@@ -77,6 +78,9 @@ def corpus_stats(
         raise LensError(f"window must be a whole number of tokens, not {window!r}.")
     if isinstance(texts, str):
         texts = [texts]
+    if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+        raise LensError(f"texts must be a text or a list (or any iterable) of texts, not {type(texts).__name__}.")
+    callback(progress, "progress")
     rows = lens_rows(model, points)
     use_bos = uses_bos(model, prepend_bos)
     window = min(model.n_ctx if window is None else window, model.n_ctx)
@@ -132,6 +136,7 @@ def corpus_stats(
 def _check_corpus_text(text: object, number: int) -> None:
     if not isinstance(text, str):
         raise LensError(f"Text {number} is {type(text).__name__}, not a string: corpus_stats reads a list of texts.")
+    check_text(text, f"Text {number}")
 
 
 class _Batch:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from lens.backend import Backend, Progress, Readout, Row, check_backend, lens_rows
+from lens.checks import callback, flag, whole_number
 from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, check_lens
 from lens.result import LensResult
@@ -369,8 +370,9 @@ def run_lens(
     """
     model = check_backend(model)
     lens = check_lens(lens)
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise LensError(f"top_k must be a whole number of at least 1, not {top_k!r}.")
+    whole_number(top_k, "top_k", 1)
+    flag(keep_unembed_input, "keep_unembed_input")
+    callback(progress, "progress")
     token_ids = tokenize_prompt(model, prompt, prepend_bos)
     target_ids, target_names, warnings = resolve_targets(model, targets)
     rows = lens_rows(model, points)
@@ -452,7 +454,7 @@ def retarget(model: Backend, result: LensResult, targets: Sequence[str | int]) -
     model = check_backend(model)
     model.capabilities.require("local_weights", "retargeting (it reads the kept final-norm outputs here)", model.name)
     if not isinstance(result, LensResult):
-        raise LensError(f"retarget needs a LensResult from run_lens, not {type(result).__name__}.")
+        raise LensError(f"result must be a LensResult from run_lens, not {type(result).__name__}.")
     if result.unembed_input is None:
         raise LensError(
             "This result did not keep its unembedding inputs; run the lens again with keep_unembed_input=True."

@@ -16,6 +16,7 @@ import torch
 from lens import budget, sources
 from lens.architectures import check_architecture
 from lens.backend import Progress
+from lens.checks import callback, flag, optional_text
 from lens.errors import LensError
 from lens.model import LensModel, load_transformer_lens
 from lens.nnsight_backend import DEFAULT_TIMEOUT, NnsightModel, check_api_key, load_nnsight
@@ -50,6 +51,15 @@ def load_model(
     ``max_model_bytes`` is the largest fp32 model built here (default: a share of the free memory).
     ``fast_attention`` runs TransformerLens's attention on SDPA while nothing hooks it.
     """
+    optional_text(api_key, "api_key")
+    optional_text(device, "device")
+    flag(remote, "remote")
+    flag(fast_attention, "fast_attention")
+    callback(progress, "progress")
+    if not isinstance(dtype, torch.dtype):
+        raise LensError(f"dtype must be a torch dtype (torch.float32, torch.bfloat16), not {type(dtype).__name__}.")
+    if ndif_models is not None and (isinstance(ndif_models, str) or not all(isinstance(m, str) for m in ndif_models)):
+        raise LensError("ndif_models must be a collection of hub ids (strings), not a single string.")
     if backend not in BACKENDS:
         raise LensError(f"Unknown backend {backend!r}; choose 'transformer_lens' or 'nnsight'.")
     if remote and backend != "nnsight":
@@ -90,7 +100,7 @@ def _load_for_ndif(
     meta device, layer by layer, so its depth is checked against the limit first.
     """
     key = check_api_key(api_key)
-    name = sources.model_name(name_or_path)
+    name = sources.check_model_name(name_or_path)
     if sources.looks_like_path(name):
         raise LensError("NDIF runs models from the Hugging Face hub: name one by its hub id, not a folder.")
     sources.check_repo_id(name)

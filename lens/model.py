@@ -239,6 +239,7 @@ def load_transformer_lens(
             source = sources.download_snapshot(source, progress)
         report(f"Reading the tokenizer and weights of {shown}", None)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=True)
+        sources.check_tokenizer(tokenizer, shown)
         kwargs = {"device_map": device_map} if device_map is not None else {"device": device}
         bridge = TransformerBridge.boot_transformers(
             source, tokenizer=tokenizer, dtype=dtype, trust_remote_code=False, **kwargs

@@ -30,7 +30,7 @@ import torch
 from lens.backend import Capabilities, OutputTransform, Progress, Readout, Row, prefer_sdpa
 from lens.errors import LensError
 from lens.result import STATISTICS
-from lens.sources import exception_chain, first_line, load_failure, status_code
+from lens.sources import check_tokenizer, exception_chain, first_line, load_failure, status_code
 from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
 NDIF_KEY_URL = "https://login.ndif.us"
@@ -225,6 +225,7 @@ def load_nnsight(
 
         report(f"Reading the config and tokenizer of {shown}", None)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=True)
+        check_tokenizer(tokenizer, shown)
         if remote_id is not None:
             config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=True)
             # The repo id, not the local snapshot, is the model's identity on NDIF.

@@ -27,6 +27,8 @@ DEMO_MODEL_DIR = next(
 DEMO_ALIASES = ("demo",)
 HUB_PROBE_SECONDS = 4.0
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+MAX_NAME_CHARS = 1024  # far past any hub id (96) or sensible path, short of the OS's "File name too long"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def resolve_model_source(name_or_path: str) -> tuple[str, str]:
@@ -36,11 +38,11 @@ def resolve_model_source(name_or_path: str) -> tuple[str, str]:
     model loads with no network; an uncached one needs the hub, which is probed with a
     short timeout instead of the libraries' 40 s of retries.
     """
-    name = model_name(name_or_path)
+    name = check_model_name(name_or_path)
     if name.lower() in DEMO_ALIASES:
         return _model_folder(DEMO_MODEL_DIR, "demo"), "demo"
     path = Path(name).expanduser()
-    if path.exists():
+    if path_exists(path):
         return _model_folder(path, name), name
     if looks_like_path(name):
         raise LensError(f"There is no model folder at '{name}'.")
@@ -56,16 +58,44 @@ def resolve_model_source(name_or_path: str) -> tuple[str, str]:
     return name, name
 
 
-def model_name(name_or_path: object) -> str:
-    """A model name as typed, stripped; one line for anything that is not a non-empty string."""
+def check_model_name(name_or_path: object, what: str = "A model") -> str:
+    """The name stripped, or one line saying why it can't name anything: not text, empty, too long, control characters.
+
+    Checked before any path or hub call: a 10 kB name made the OS raise "File name too
+    long", and a newline split every message that quotes the name into two lines.
+    """
     if isinstance(name_or_path, Path):
         name_or_path = str(name_or_path)
     if name_or_path is not None and not isinstance(name_or_path, str):
-        raise LensError(f"A model is named by a string (hub id or folder), not {type(name_or_path).__name__}.")
+        raise LensError(f"{what} is named by a string (hub id or folder), not {type(name_or_path).__name__}.")
     name = (name_or_path or "").strip()
     if not name:
         raise LensError("No model given: name a Hugging Face model id or a model folder.")
+    if len(name) > MAX_NAME_CHARS:
+        raise LensError(f"{what}'s name is {len(name):,} characters long; at most {MAX_NAME_CHARS:,} are read.")
+    control = _CONTROL.search(name)
+    if control:
+        raise LensError(
+            f"{what}'s name holds a control character ({control.group()!r} at character {control.start() + 1})."
+        )
     return name
+
+
+def path_exists(path: Path) -> bool:
+    """Whether a path exists, False where the OS can't even look (a component past 255 bytes)."""
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def check_tokenizer(tokenizer, shown: str) -> None:
+    """Refuse a tokenizer that can't read text: a folder without tokenizer.json loads one that knows 1 token."""
+    if len(tokenizer) < 2:
+        raise LensError(
+            f"Model '{shown}' has no usable tokenizer (it knows {len(tokenizer)} token): "
+            "its folder needs tokenizer.json or the tokenizer's vocabulary files."
+        )
 
 
 def looks_like_path(name: str) -> bool:

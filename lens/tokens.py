@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from functools import cache
+from functools import cache, cached_property
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from lens.checks import flag, listed
 from lens.errors import LensError
 
 if TYPE_CHECKING:
@@ -99,6 +100,12 @@ class TokenNamer:
     def many(self, token_ids) -> list[str]:
         return [self(i) for i in token_ids]
 
+    @cached_property
+    def longest_token_bytes(self) -> int:
+        """Bytes of the vocabulary's longest piece: no token stands for more characters than this."""
+        pieces = self._tokenizer.get_vocab()
+        return max((len(piece_bytes(p, self._byte_level)) for p in pieces), default=1)
+
 
 def tokenizer_prepends_bos(tokenizer) -> bool:
     """Whether the tokenizer itself starts a text with its BOS token (Llama's does, GPT-2's doesn't)."""
@@ -112,7 +119,8 @@ def _encode(model: Backend, text: str) -> list[int]:
 
 def uses_bos(model: Backend, prepend_bos: bool | None) -> bool:
     """Whether a BOS token goes first: the model's default unless the caller says."""
-    return model.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+    prepend_bos = flag(prepend_bos, "prepend_bos", optional=True)
+    return model.default_prepend_bos if prepend_bos is None else prepend_bos
 
 
 def check_text(text: object, what: str) -> None:
@@ -132,6 +140,13 @@ def tokenize_prompt(model: Backend, prompt: str, prepend_bos: bool | None = None
     check_text(prompt, "The prompt")
     if not prompt.strip():
         raise LensError("The prompt is empty: type some text to look at.")
+    # Tokenizing 10 MB takes ~40 s; a text longer than n_ctx of the longest tokens can't fit.
+    most = model.n_ctx * model.token_name.longest_token_bytes
+    if len(prompt) > most:
+        raise LensError(
+            f"The prompt is {len(prompt):,} characters long; model '{model.name}' reads at most {model.n_ctx:,} "
+            f"tokens, which hold at most {most:,} characters."
+        )
     ids = _encode(model, prompt)
     if uses_bos(model, prepend_bos):
         if model.tokenizer.bos_token_id is None:
@@ -149,6 +164,8 @@ def tokenize_target(model: Backend, target: str | int) -> list[int]:
     boundary), so the target is tokenized after a newline and the newline's ids removed.
     An int is taken as a token id.
     """
+    if isinstance(target, (bool, np.bool_)):
+        raise LensError(f"A target is a token (str) or a token id (int), not {target!r}.")
     if isinstance(target, (int, np.integer)):
         if not 0 <= int(target) < model.d_vocab:
             raise LensError(f"Token id {target} is outside the vocabulary (0 to {model.d_vocab - 1}).")
@@ -169,8 +186,7 @@ def resolve_targets(model: Backend, targets: Sequence[str | int]) -> tuple[list[
     A word typed without its leading space ("Lily") that splits into several tokens is
     read as its one-token spaced form (" Lily") when there is one: that is what people mean.
     """
-    if isinstance(targets, (str, int, np.integer)):
-        targets = [targets]
+    targets = listed(targets, "targets", (str, int, np.integer), "a token (str), a token id (int) or a list of them")
     ids, names, warnings = [], [], []
     for target in targets:
         pieces = tokenize_target(model, target)

@@ -27,9 +27,12 @@ import torch
 
 from lens.backend import Backend, Row, check_backend, lens_rows
 from lens.budget import check_fits
+from lens.checks import callback, listed, whole_number
 from lens.errors import LensError
 from lens.lenses import Lens
-from lens.tokens import uses_bos
+from lens.saved_tensors import load_checked
+from lens.sources import check_model_name, path_exists
+from lens.tokens import check_text, uses_bos
 
 PUBLISHED_REPO = "AlignmentResearch/tuned-lens"  # a Hugging Face space: lens/<model name>/
 # Models whose published lenses the dashboard offers (hub id -> folder under lens/).
@@ -130,20 +133,27 @@ class TunedLens(torch.nn.Module, Lens):
 
         Whatever the files hold, the result is a lens or one LensError line: the config's
         size is checked before anything is allocated, and params.pt is read with
-        ``weights_only``, so a pickled payload never runs.
+        ``weights_only``, so a pickled payload never runs, and through
+        :func:`~lens.saved_tensors.load_checked`, so its size, names, shapes and values are
+        checked before a tensor is copied.
         """
-        folder = Path(path_or_model)
-        if not folder.is_dir():
-            folder = _download_published(str(path_or_model))
+        name = check_model_name(path_or_model, "A tuned lens")
+        folder = Path(name)
+        if not (path_exists(folder) and folder.is_dir()):
+            folder = _download_published(name)
         try:
             raw = json.loads((folder / "config.json").read_text(encoding="utf-8"))
             if not isinstance(raw, dict):
                 raise ValueError("config.json is not a JSON object")
             config = TunedLensConfig(**{k: raw[k] for k in TunedLensConfig.__dataclass_fields__ if k in raw})
             _check_config(config)
+            d = config.d_model
+            shapes = {"weight": (d, d), **({"bias": (d,)} if config.bias else {})}
+            expected = {f"{i}.{part}": shape for i in range(config.num_hidden_layers) for part, shape in shapes.items()}
+            state = load_checked(folder / "params.pt", expected)
             lens = cls(config)
-            state = torch.load(folder / "params.pt", map_location="cpu", weights_only=True)
             lens.translators.load_state_dict(state)
+            del state  # the file's mapping
             history = folder / "history.json"
             if history.is_file():
                 lens.history = _read_history(history)
@@ -161,8 +171,10 @@ def _check_config(config: TunedLensConfig) -> None:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise LensError(f"A tuned lens's config.json gives {name} = {value!r}; it must be a positive whole number.")
+    if not isinstance(config.bias, bool):
+        raise LensError(f"A tuned lens's config.json gives bias = {config.bias!r}; it must be true or false.")
     d = config.d_model
-    check_fits(config.num_hidden_layers * (d * d + d), "This tuned lens")
+    check_fits(config.num_hidden_layers * (d * d + d), "This tuned lens", layers=config.num_hidden_layers)
 
 
 def _read_history(path: Path) -> list[float]:
@@ -230,14 +242,16 @@ def train_tuned_lens(
     Layers are fitted one after another, so memory holds one layer's [tokens x vocab]
     logits at a time. The same seed, texts and settings give the same lens.
     """
-    for name, value, least in (("steps", steps, 1), ("window", window, 2)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise LensError(f"{name} must be a whole number of at least {least}, not {value!r}.")
+    whole_number(steps, "steps", 1)
+    whole_number(window, "window", 2)
+    whole_number(seed, "seed", 0, 2**63 - 1)
+    callback(progress, "progress")
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
         raise LensError(f"The learning rate must be a positive number, not {lr!r}.")
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = [t for t in texts if isinstance(t, str) and t.strip()]
+    texts = listed(texts, "texts", str, "a text or a list of texts")
+    for number, text in enumerate(texts, 1):
+        check_text(text, f"Text {number}")
+    texts = [t for t in texts if t.strip()]
     if not texts:
         raise LensError("Give some text to train the tuned lens on.")
     model = check_backend(model)

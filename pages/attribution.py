@@ -11,6 +11,7 @@ from lens import attribution_charts as charts
 from lens import charts as lens_charts
 from lens import safe_csv, typable_token
 from ui import cached, exports, running, state
+from ui.escape import code, plain
 
 
 def draw(chart, extra: int, **kwargs):
@@ -99,15 +100,15 @@ except lens.LensError as exc:
     running.show_error(str(exc))
     st.stop()
 
-what = f"`{attribution.target}`" + (f" − `{attribution.contrast}`" if attribution.contrast else "")
+what = code(attribution.target) + (f" − {code(attribution.contrast)}" if attribution.contrast else "")
 shown = "logit difference" if attribution.contrast else "logit"
 st.markdown(
-    f"Explaining the lens's {shown} of {what} at row **{row}**, after **{position_label}**: "
+    f"Explaining the lens's {shown} of {what} at row **{plain(row)}**, after **{plain(position_label)}**: "
     f"**{attribution.logit:+.3f}**"
     + (f" (after the model's soft-cap: {attribution.softcapped_logit:+.3f})" if attribution.softcapped_logit else "")
 )
 for note in attribution.notes:
-    st.caption(f":material/info: {note}")
+    st.caption(f":material/info: {plain(note)}")
 
 bars_column, heads_column = st.columns(2)
 with bars_column:

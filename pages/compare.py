@@ -6,6 +6,7 @@ import streamlit as st
 import lens
 from lens import charts, js_divergence, same_vocabulary, token_text
 from ui import cached, config, exports, lenses, models, running, state
+from ui.escape import code, plain
 
 running.run_through_app()
 st.title("Compare")
@@ -111,10 +112,10 @@ if not s.target:
         st.caption("No target typed: each model follows its own answer at the last position.")
     else:
         how = " (re-tokenized for the second model)" if mode == "models" else ""
-        st.caption(f"No target typed: following `{results[labels[0]].targets[0]}`, the first one's answer{how}.")
+        st.caption(f"No target typed: following {code(results[labels[0]].targets[0])}, the first one's answer{how}.")
 for label, result in results.items():
     for warning in result.warnings:
-        st.warning(f"{label}: {warning}")
+        st.warning(plain(f"{label}: {warning}"))
 
 metric = state.metric_picker("compare_metric")
 targets = {label: r.target_ids[0] for label, r in results.items()}

@@ -6,6 +6,7 @@ import streamlit as st
 import lens
 from lens import charts, safe_csv
 from ui import config, corpus_input, models, running, state
+from ui.escape import plain
 
 URL_TEXT_LIMIT = 2000  # characters of pasted text kept in the page's link
 
@@ -89,7 +90,9 @@ for index, (model_name, lens_source) in enumerate(readings):
         running.show_error(f"{label}: {exc}")
         continue
     if frame.attrs.get("capped"):
-        st.warning(f"{label}: only the first {limit:,} tokens were read (this server's cap, LENS_MAX_CORPUS_TOKENS).")
+        st.warning(
+            plain(f"{label}: only the first {limit:,} tokens were read (this server's cap, LENS_MAX_CORPUS_TOKENS).")
+        )
     frames.append(frame.assign(source=label))
 if not frames:
     st.stop()

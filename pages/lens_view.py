@@ -4,6 +4,7 @@ import streamlit as st
 
 from lens import charts, typable_token
 from ui import exports, running, state
+from ui.escape import plain
 
 WINDOW = 16
 
@@ -35,7 +36,7 @@ if charts.METRICS[metric].needs_target:
         st.info("Type a target token in the sidebar to colour by it; showing top-1 probability meanwhile.")
         metric = "top1_prob"
 for warning in result.warnings:
-    st.warning(warning)
+    st.warning(plain(warning))
 default_bos = "the tokenizer's default" if choices.prepend_bos is None else "set in More settings"
 st.caption(f"Reads a start token first: {'yes' if result.prepend_bos else 'no'} ({default_bos}).")
 

@@ -4,6 +4,7 @@ import streamlit as st
 
 from lens import charts
 from ui import exports, running, state
+from ui.escape import plain
 
 running.run_through_app()
 st.title("Token trajectories")
@@ -85,7 +86,7 @@ if len(followed) > charts.MAX_LINES:
     followed = followed[: charts.MAX_LINES]
 traced = running.with_targets(state.query(ctx.choices), followed, ctx.choices.top_k)
 for warning in traced.warnings:
-    st.warning(warning)
+    st.warning(plain(warning))
 chart = charts.trajectory_chart(traced, position, measure, title=f"Position {position}: {result.tokens[position]}")
 with st.container(key="trajectory_row"):
     left, right = st.columns([3, 2], gap="medium")

@@ -4,6 +4,7 @@ import streamlit as st
 
 from lens import LensError, charts, train_tuned_lens, training_key
 from ui import cached, config, corpus_input, lenses, running, state
+from ui.escape import code, plain
 
 running.run_through_app()
 st.title("Tuned lens")
@@ -28,7 +29,7 @@ listing = st.empty()
 def list_lenses() -> None:
     found = lenses.available(s.model_name)
     if found:
-        listing.markdown("**Tuned lenses for this model:** " + ", ".join(f"`{label}`" for label in found))
+        listing.markdown("**Tuned lenses for this model:** " + ", ".join(code(label) for label in found))
     else:
         listing.info("No tuned lens for this model yet. Train one below.")
 
@@ -101,11 +102,15 @@ elif st.button("Train", type="primary", key="train"):
         st.stop()
     try:
         lens.save(folder)
-        st.success(f"Trained and saved. Pick it in the sidebar: Lens → Tuned lens → 'Trained here: {folder.name}'.")
+        st.success(
+            plain(f"Trained and saved. Pick it in the sidebar: Lens → Tuned lens → 'Trained here: {folder.name}'.")
+        )
     except OSError as exc:
         st.warning(
-            f"Trained, but this server can't keep it ({exc.strerror or exc}: {folder.parent}; see LENS_CACHE_DIR). "
-            "Download it instead: unzip it and load the folder with lens.tuned.TunedLens.load.",
+            plain(
+                f"Trained, but this server can't keep it ({exc.strerror or exc}: {folder.parent}; see LENS_CACHE_DIR). "
+                "Download it instead: unzip it and load the folder with lens.tuned.TunedLens.load."
+            ),
             icon=":material/warning:",
         )
         st.download_button(

@@ -116,3 +116,10 @@ def gemma2_random(gpt2_tokenizer):
         attn_implementation="eager",
     )
     return _wrap_random(Gemma2ForCausalLM(config), gpt2_tokenizer, "gemma2-random")
+
+
+def unescaped(markdown: str) -> str:
+    """The text a message's markdown shows: user text reaches it escaped (ui/escape.py), so unescape it."""
+    import re
+
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)

@@ -10,7 +10,7 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 from lens import run_lens
-from tests.conftest import ROOT, STORIES, require_shared
+from tests.conftest import ROOT, STORIES, require_shared, unescaped
 from ui import cached
 
 STORY = "Once upon a time, there was a little girl named"
@@ -148,7 +148,7 @@ def test_bad_input_shows_one_friendly_error(app, monkeypatch, params, env, messa
     app.query_params.update(params)
     app.run()
     assert not app.exception
-    assert any(message in e.value for e in app.error), [e.value for e in app.error]
+    assert any(message in unescaped(e.value) for e in app.error), [e.value for e in app.error]
     assert len(app.sidebar.text_area) == 1  # the rest of the app is still there
 
 
@@ -200,7 +200,7 @@ def test_dataset_page_bad_files_get_a_message(app, monkeypatch, upload, env, mes
     app.run()
     app.get("file_uploader")[0].set_value(upload).run()
     assert not app.exception
-    shown = [e.value for e in app.error] + [w.value for w in app.warning]
+    shown = [unescaped(e.value) for e in app.error] + [unescaped(w.value) for w in app.warning]
     assert any(message in text for text in shown), shown
     assert len(app.sidebar.text_area) == 1
 
@@ -273,7 +273,7 @@ def test_offline_start_opens_on_the_demo_with_a_note(monkeypatch):
     at.run()
     assert_no_failure(at)
     assert at.selectbox(key="model").value == "demo"
-    notes = [i.value for i in at.info if "couldn't be downloaded" in i.value]
+    notes = [unescaped(i.value) for i in at.info if "couldn't be downloaded" in i.value]
     assert len(notes) == 1 and "GPT-2 small" in notes[0] and "LENS_DEFAULT_MODEL" in notes[0]
     heatmap = chart_data(charts(at)[0])
     assert heatmap.layer.nunique() == 6 and heatmap.top1.str.len().min() > 0
@@ -332,7 +332,7 @@ def test_unusable_link_values_warn(app, params, shown):
     app.query_params.update(params)
     app.run()
     assert not app.exception
-    assert any(shown in w.value and "link" in w.value for w in app.warning), [w.value for w in app.warning]
+    assert any(shown in unescaped(w.value) and "link" in w.value for w in app.warning), [w.value for w in app.warning]
     assert charts(app)  # the page still draws, on the default
 
 

@@ -22,7 +22,7 @@ import transformers
 
 from lens import LensError, LensModel, budget, run_lens
 from lens.architectures import ARCHITECTURES, EXACT
-from tests.conftest import ROOT, STORIES, require_shared
+from tests.conftest import ROOT, STORIES, require_shared, unescaped
 from tests.reference import _blocks_and_norm, assert_top_ids_match, head_logits, reference_lens
 
 PROMPT = "Once upon a time, there was a little girl named Lily."
@@ -386,7 +386,7 @@ def test_app_refuses_an_unsupported_architecture_in_one_line(monkeypatch, tmp_pa
     app.query_params.update({"prompt": PROMPT, "model": "Other model id…", "model_id": str(tmp_path)})
     app.run()
     assert not app.exception
-    refusals = [e.value for e in app.error if "T5ForConditionalGeneration is not supported" in e.value]
+    refusals = [unescaped(e.value) for e in app.error if "T5ForConditionalGeneration is not supported" in e.value]
     assert len(refusals) == 1 and "\n" not in refusals[0] and "--list-architectures" in refusals[0]
     assert len(app.sidebar.text_area) == 1  # the rest of the app is still there
 

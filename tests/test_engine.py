@@ -217,7 +217,7 @@ def test_folder_that_is_not_a_model(tmp_path):
     with pytest.raises(LensError, match="not a model folder"):
         load_model(str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(LensError, match="Could not load model"):
+    with pytest.raises(LensError, match="names no architecture and no model_type"):
         load_model(str(tmp_path))
 
 

@@ -27,7 +27,7 @@ from lens import LensError, budget, corpus, corpus_stats, load_model, retarget, 
 from lens.cli import main
 from lens.exports import FORMULA_STARTS, safe_csv
 from lens.tuned import TunedLens, train_tuned_lens
-from tests.conftest import ROOT, STORIES, require_shared
+from tests.conftest import ROOT, STORIES, require_shared, unescaped
 
 STORY = "Once upon a time, there was a little girl named"
 LONG = "Once upon a time, there was a little girl named Lily. She liked to play in the park with her dog."
@@ -303,7 +303,7 @@ def test_unwritable_cache_dir_offers_the_trained_lens_as_a_download(app, monkeyp
     app.select_slider(key="train_window").set_value(32).run()
     app.button(key="train").click().run()
     assert not app.exception and not app.error
-    assert any("can't keep it" in w.value for w in app.warning)
+    assert any("can't keep it" in unescaped(w.value) for w in app.warning)
     assert app.get("download_button")
     assert len(list(app.get("vega_lite_chart"))) == 1  # the loss curve is still shown
 
@@ -333,7 +333,7 @@ def test_unparsable_settings_warn_the_operator_on_the_page_and_once_in_the_log(a
     monkeypatch.setenv("LENS_ALLOW_LOCAL", "yes")
     app.run()
     assert not app.exception and not app.error
-    shown = [w.value for w in app.warning]
+    shown = [unescaped(w.value) for w in app.warning]
     assert any("LENS_MAX_TOKENS='abc' is not a whole number" in w for w in shown), shown
     assert any("LENS_CACHE_MB=-3 is below 1" in w for w in shown), shown
     assert any("LENS_ALLOW_LOCAL='yes' is neither 1 nor 0" in w for w in shown), shown

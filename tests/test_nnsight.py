@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM
 import lens
 from lens import LensError, load_model, run_lens
 from lens.nnsight_backend import NDIF_KEY_URL, SAVED_ARRAYS, NnsightModel, payload_bytes, traced_statistics
-from tests.conftest import ROOT, STORIES, require_shared
+from tests.conftest import ROOT, STORIES, require_shared, unescaped
 from tests.reference import reference_lens
 
 PROMPTS = {"demo": "The Eiffel Tower is in the city of", "stories": "Once upon a time, there was a little girl named"}
@@ -565,7 +565,7 @@ def test_app_offers_ndif_models_and_says_prompts_go_there(app, no_user_key):
     assert not app.exception
     assert app.selectbox(key="model").value == "ndif:meta-llama/Llama-3.1-70B"
     assert any("your prompt and the lens code are sent there" in c.value for c in app.sidebar.caption)
-    assert [e.value for e in app.error] == [
+    assert [unescaped(e.value) for e in app.error] == [
         "No NDIF API key: set NDIF_API_KEY (or the app's NDIF_API_KEY secret); get a key at https://login.ndif.us."
     ]
     assert len(app.sidebar.text_area) == 1  # the rest of the app is still there
@@ -593,7 +593,7 @@ def app_on_local_ndif(app, hub_stories, monkeypatch):
 def test_app_unreachable_ndif_is_one_line(app_on_local_ndif):
     app_on_local_ndif.run()
     assert not app_on_local_ndif.exception
-    assert [e.value for e in app_on_local_ndif.error] == [
+    assert [unescaped(e.value) for e in app_on_local_ndif.error] == [
         f"NDIF cannot be reached at {UNREACHABLE}; check the network, or try again later."
     ]
 

@@ -13,6 +13,7 @@ from functools import cache
 import streamlit as st
 
 from lens.settings import Settings
+from ui.escape import plain
 
 log = logging.getLogger("lens.settings")
 DEMO_LABEL = "Demo (offline)"
@@ -59,7 +60,7 @@ def server() -> Settings:
 def warn_about_settings() -> None:
     """Settings the server could not read: the operator sees them on the page (and once in the log)."""
     for problem in _current[1] if _current is not None else ():
-        st.warning(f"Server setting ignored: {problem}", icon=":material/settings:")
+        st.warning(plain(f"Server setting ignored: {problem}"), icon=":material/settings:")
 
 
 @cache

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from lens import PUBLISHED_LENSES
+from lens.sources import path_exists
 from lens.tuned import model_key
 from ui import config
 
@@ -25,7 +26,7 @@ def available(model_name: str) -> dict[str, str]:
     """Label -> source (a folder, or hub:<model>) for every tuned lens this model can use."""
     found: dict[str, str] = {}
     folder = lens_root() / model_key(model_name)
-    if folder.is_dir():
+    if path_exists(folder) and folder.is_dir():
         for config in sorted(folder.glob("*/config.json"), key=lambda p: p.stat().st_mtime, reverse=True):
             try:
                 base = json.loads(config.read_text()).get("base_model_name_or_path", "")

@@ -14,6 +14,7 @@ import streamlit as st
 
 import lens
 from lens.settings import Settings
+from lens.sources import check_model_name, path_exists
 from ui import config
 
 NDIF_PREFIX = "ndif:"
@@ -76,7 +77,11 @@ def check_allowed(model_id: str, server: Settings) -> str | None:
     """Why a typed model may not be used here, or None when it may."""
     if model_id in ("demo", server.default_model):
         return None
-    looks_local = model_id.startswith((".", "/", "~")) or Path(model_id).expanduser().exists()
+    try:
+        check_model_name(model_id)
+    except lens.LensError as exc:
+        return str(exc)
+    looks_local = model_id.startswith((".", "/", "~")) or path_exists(Path(model_id).expanduser())
     if looks_local and not server.allow_local:
         return "Local folders are switched off on this server (its operator can set LENS_ALLOW_LOCAL=1)."
     if server.model_allowlist and model_id not in server.model_allowlist:

@@ -24,6 +24,7 @@ import streamlit as st
 import lens
 from ui import cached, config, models
 from ui.cached import LensQuery
+from ui.escape import code, plain
 from ui.state import Choices, choices, query
 
 T = TypeVar("T")
@@ -73,7 +74,7 @@ def show_error(message: str, demo_key: str | None = "model") -> None:
     ``demo_key`` is the model picker the button sets to the demo (None: no button, as when
     the demo is already the other model being compared).
     """
-    st.error(message, icon=":material/error:")
+    st.error(plain(message), icon=":material/error:")
     if demo_key and ("Could not download" in message or "Could not load model" in message):
         st.button(
             "Use the offline demo model", type="primary", on_click=_switch_to_demo, args=(demo_key,), key="use_demo"
@@ -106,7 +107,7 @@ def load_model(name: str, demo_key: str | None = "model") -> lens.LensModel | le
         show_error(str(exc), demo_key)
         return None
     if time.monotonic() - started > 1:
-        st.toast(f"{models.label(name)} loaded in {time.monotonic() - started:.1f} s")
+        st.toast(plain(f"{models.label(name)} loaded in {time.monotonic() - started:.1f} s"))
     return model
 
 
@@ -138,7 +139,7 @@ def with_progress(work: Callable[[Report], T], label: str, curve: str | None = N
             message, fraction, value = messages.get()
             if value is not None:
                 values.append(value)
-        text = f"{message} ({time.monotonic() - started:.0f} s)"
+        text = plain(f"{message} ({time.monotonic() - started:.0f} s)")
         if fraction is None:
             box.info(text)
         else:
@@ -159,7 +160,7 @@ def with_progress(work: Callable[[Report], T], label: str, curve: str | None = N
 def require_local_weights(model: lens.LensModel | lens.NnsightModel, what: str) -> None:
     """Stop a page whose work needs the weights here, with one line, when the model has none."""
     if not models.has_local_weights(model):
-        st.info(f"{what} {models.LOCAL_ONLY}", icon=":material/cloud_off:")
+        st.info(plain(f"{what} {models.LOCAL_ONLY}"), icon=":material/cloud_off:")
         st.stop()
 
 
@@ -290,9 +291,9 @@ def describe_target(model: lens.LensModel | lens.NnsightModel, c: Choices) -> No
     try:
         ids, names, warnings = lens.resolve_targets(model, [c.target])
     except lens.LensError as exc:
-        caption.caption(f":material/warning: {exc}")
+        caption.caption(f":material/warning: {plain(exc)}")
         return
     if warnings:
-        caption.caption(f":material/warning: {warnings[0]}")
+        caption.caption(f":material/warning: {plain(warnings[0])}")
     else:
-        caption.caption(f"One token: `{names[0]}` (id {ids[0]})")
+        caption.caption(f"One token: {code(names[0])} (id {ids[0]})")

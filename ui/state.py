@@ -20,6 +20,7 @@ import streamlit as st
 import lens
 from lens import charts
 from ui.cached import LensQuery
+from ui.escape import plain
 
 CELL = "cell"  # session key and URL parameter of the selected heatmap cell, "row,position"
 CHOICES = "choices"  # session key of this run's sidebar choices
@@ -53,7 +54,7 @@ def query(c: Choices, **changes) -> LensQuery:
 
 def warn(message: str) -> None:
     """One visible line about a link value the app can't use (called outside the sidebar)."""
-    st.warning(message, icon=":material/link_off:")
+    st.warning(plain(message), icon=":material/link_off:")
 
 
 def accept_choice(key: str, options: Sequence, label: Callable[[object], str]) -> bool:
@@ -171,7 +172,9 @@ def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | No
     A new prompt starts at its last positions. Its slider is a new widget (its range
     changed), which Streamlit would give the old prompt's window, and then write that
     into the URL. A window that came from a link is seeded into the new widget from the
-    URL whatever the session says, so that one is reset on a rerun.
+    URL whatever the session says, so that one is reset on a rerun. The default goes to
+    the slider only while the session holds no window: a default beside a value set in
+    session state makes Streamlit log a warning with a stack trace.
     """
     n = result.n_positions
     default = (max(0, n - width), n - 1)
@@ -192,7 +195,7 @@ def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | No
         "Positions shown",
         0,
         n - 1,
-        default,
+        None if "window" in st.session_state else default,  # None: the range the session holds
         key="window",
         bind="query-params",
         help="Long prompts show a window of positions so the tokens stay readable.",
