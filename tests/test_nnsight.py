@@ -590,6 +590,22 @@ def app_on_local_ndif(app, hub_stories, monkeypatch):
     return app
 
 
+@pytest.mark.parametrize(
+    ("typed", "line"),
+    [
+        ("ndif:lens-test/not-offered", "'lens-test/not-offered' is not among the NDIF models this server offers"),
+        ("ndif:/etc", "NDIF runs models from the Hugging Face hub: name one by its hub id, not a folder."),
+        ("ndif:/no/such/folder", "NDIF runs models from the Hugging Face hub: name one by its hub id, not a folder."),
+    ],
+)
+def test_app_ndif_names_are_limited_and_never_read_the_file_system(app_on_local_ndif, typed, line):
+    app_on_local_ndif.query_params["model"] = typed
+    app_on_local_ndif.run()
+    assert not app_on_local_ndif.exception
+    errors = [unescaped(e.value) for e in app_on_local_ndif.error]
+    assert len(errors) == 1 and errors[0].startswith(line), errors
+
+
 def test_app_unreachable_ndif_is_one_line(app_on_local_ndif):
     app_on_local_ndif.run()
     assert not app_on_local_ndif.exception
