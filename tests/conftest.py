@@ -119,7 +119,10 @@ def gemma2_random(gpt2_tokenizer):
 
 
 def unescaped(markdown: str) -> str:
-    """The text a message's markdown shows: user text reaches it escaped (ui/escape.py), so unescape it."""
+    """The text a message's markdown shows: user text reaches it escaped (ui/escape.py), so unescape it.
+
+    The word joiners that keep bare URLs from becoming links are invisible, so they go too.
+    """
     import re
 
-    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown)
+    return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")

@@ -13,14 +13,21 @@ import re
 
 # The ASCII punctuation markdown reads (CommonMark lets any be backslash-escaped): escaped,
 # none starts a link, image, emphasis, directive (:red[...], :material/...:), autolink
-# (https\://, www\., a@b\.c), list, heading, math ($), entity (&) or HTML. Quotes, commas and
-# the like start nothing and stay as they are.
+# (<https://...>), list, heading, math ($), entity (&) or HTML. Quotes, commas and the like
+# start nothing and stay as they are.
 _MARKDOWN = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~:$&])")
 
 
+# GFM links bare URLs and emails by a search over the text after escapes are undone, so
+# escaping can't stop it: an invisible word joiner after "http", "www" and "@" does.
+_AUTOLINK = re.compile(r"(?i)https?(?=:)|www(?=\.)|@")
+WORD_JOINER = "\u2060"
+
+
 def plain(text: object) -> str:
-    """``text`` as markdown that renders exactly as the characters typed, on one line."""
-    return _MARKDOWN.sub(r"\\\1", " ".join(str(text).split()))
+    """``text`` as markdown that renders as the characters typed (one line, no link, no markup)."""
+    text = _AUTOLINK.sub(lambda match: match.group() + WORD_JOINER, " ".join(str(text).split()))
+    return _MARKDOWN.sub(r"\\\1", text)
 
 
 def code(value: object) -> str:
