@@ -1,6 +1,6 @@
 """Dashboard speed on the server, on the GPT-2-small shape (12 layers, 50,257 tokens).
 
-    python bench/bench_app.py
+    python -m bench.bench_app
 
 Runs app.py under Streamlit's AppTest (the real script, without a browser) on a
 GPT-2-small-shaped model with random weights saved to a temporary folder. Times are
@@ -16,8 +16,9 @@ import statistics
 import tempfile
 import time
 
-from common import ROOT, SHARED_MODELS, TEXT
 from streamlit.testing.v1 import AppTest
+
+from bench.common import ROOT, SHARED_MODELS, TEXT
 
 REPEATS = 5
 

@@ -1,6 +1,6 @@
 """Attribution of one cell against a plain lens run, on the GPT-2-small shape.
 
-    python bench/bench_attribution.py [--tokens 64] [--repeats 5]
+    python -m bench.bench_attribution [--tokens 64] [--repeats 5]
 
 (a) run_lens: the plain lens (top-10, entropy, KL, one target) over every cell.
 (b) attribute: one cell's direct logit attribution (every head, MLP and bias) for one target.
@@ -16,7 +16,7 @@ import argparse
 import statistics
 import time
 
-from common import gpt2_small_random, prompt_of_length
+from bench.common import gpt2_small_random, prompt_of_length
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """corpus_stats throughput against its floor, its memory as the corpus doubles, and tuned-lens training.
 
-    python bench/bench_corpus_tuned.py
+    python -m bench.bench_corpus_tuned
 
 On the GPT-2-small shape: tokens per second of corpus_stats and of the floors (Hugging Face's
 SDPA forward pass, or TransformerLens's, plus the bare vocab-major unembedding matmul of every
@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
-from bench_lens import floor_hf, floor_tl
-from common import ROOT, SHARED_MODELS, TEXT, gpt2_small_hf, gpt2_small_random, peak_rss_mb
+from bench.bench_lens import floor_hf, floor_tl
+from bench.common import ROOT, SHARED_MODELS, TEXT, gpt2_small_hf, gpt2_small_random, peak_rss_mb
 
 WINDOW = 256
 
@@ -119,7 +119,9 @@ def training(model_name: str, steps: int, window: int) -> dict:
 
 
 def in_fresh_process(*args: str):
-    done = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", __spec__.name, *args], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

@@ -1,6 +1,6 @@
 """First contact: seconds from opening the link on a freshly started server to something meaningful.
 
-    python bench/bench_first_paint.py
+    python -m bench.bench_first_paint
 
 Starts ``streamlit run app.py`` offline with no settings (so the app must open on the demo
 model), opens it in headless Chromium and records when the page links appear, when the
@@ -11,15 +11,11 @@ Target (issue 9): something meaningful on screen within 3 s.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
-from common import ROOT
-
-sys.path.insert(0, str(ROOT))
 os.environ.pop("LENS_DEFAULT_MODEL", None)
 
-from tests.browser_support import chromium, streamlit_server  # noqa: E402
+from bench.browser import chromium, streamlit_server  # noqa: E402
 
 
 def main() -> None:

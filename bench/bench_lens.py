@@ -1,6 +1,6 @@
 """run_lens against the naive method and two floors, on a GPT-2-small-shaped model.
 
-    python bench/bench_lens.py [--tokens 16 64 256 1024] [--repeats 5]
+    python -m bench.bench_lens [--tokens 16 64 256 1024] [--repeats 5]
 
 Methods (all read every block's output at every position):
 - naive: the seed notebook's way: the model's forward pass, every row's full logits, a full softmax, then the max.
@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, cpu_seconds, gpt2_small_hf, gpt2_small_random, peak_rss_mb, prompt_of_length, rss_mb
+from bench.common import ROOT, cpu_seconds, gpt2_small_hf, gpt2_small_random, peak_rss_mb, prompt_of_length, rss_mb
 
 METHODS = ("naive", "run_lens", "run_lens+target", "floor_hf", "floor_tl", "forward_hf", "forward_tl")
 TARGET = " the"
@@ -213,7 +213,7 @@ def main() -> None:
 
 
 def in_fresh_process(method: str, n: int) -> dict[str, float]:
-    command = [sys.executable, __file__, "--memory", method, str(n)]
+    command = [sys.executable, "-m", __spec__.name, "--memory", method, str(n)]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 

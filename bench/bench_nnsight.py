@@ -1,6 +1,6 @@
 """The nnsight backend against the TransformerLens backend and the naive method, and its payload.
 
-    python bench/bench_nnsight.py [--tokens 256] [--repeats 5]
+    python -m bench.bench_nnsight [--tokens 256] [--repeats 5]
 
 On GPT-2-small's shape (random weights, the real tokenizer), run locally:
 (a) naive: the seed notebook's way: every row's full logits, a full softmax, then the max.
@@ -28,8 +28,8 @@ import subprocess
 import sys
 import time
 
-import bench_lens
-from common import ROOT, SHARED_MODELS, peak_rss_mb, prompt_of_length
+from bench import bench_lens
+from bench.common import ROOT, SHARED_MODELS, peak_rss_mb, prompt_of_length
 
 METHODS = ("naive", "transformer_lens", "nnsight")
 
@@ -123,7 +123,7 @@ def payload(n_tokens: int = 64, top_k: int = 10, n_targets: int = 1) -> dict[str
     model = wrap_hf_model(LlamaForCausalLM(config), tokenizer, name="llama-70b-shape")
     ids = torch.randint(0, config.vocab_size, (1, n_tokens))
     paths = (model.layers_path, model.norm_path, model.head_path)
-    saved = traced_statistics(model.wrapper, ids, paths, False, top_k, list(range(n_targets)), None)
+    saved = traced_statistics(model.wrapper, ids, paths, False, top_k, list(range(n_targets)), model.output_transform)
     buffer = io.BytesIO()
     torch.save(saved, buffer)  # what a server's torch.save of the saves holds, before compression
     return {
@@ -155,7 +155,10 @@ def main() -> None:
         seconds = timings(n, args.repeats)
         for method in METHODS:
             done = subprocess.run(
-                [sys.executable, __file__, "--memory", method, str(n)], cwd=ROOT, capture_output=True, text=True
+                [sys.executable, "-m", __spec__.name, "--memory", method, str(n)],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
             )
             if done.returncode:
                 sys.exit(done.stderr.strip().splitlines()[-1])

@@ -1,6 +1,6 @@
 """Server memory under a long session: 200 different prompts through a real Streamlit server and Chromium.
 
-    python bench/bench_soak.py [--prompts 200] [--model gpt2-random|demo] [--app-root DIR]
+    python -m bench.bench_soak [--prompts 200] [--model gpt2-random|demo] [--app-root DIR]
 
 Starts ``streamlit run app.py`` on a GPT-2-small-shaped model (random weights, saved to
 a temporary folder) or the bundled demo model, types a new prompt into the sidebar of
@@ -24,9 +24,8 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from common import ROOT, SHARED_MODELS, TEXT
-
-from tests.browser_support import CHROMIUM, FLAGS  # the browser tests' Chromium and flags
+from bench.browser import CHROMIUM, FLAGS
+from bench.common import ROOT, SHARED_MODELS, TEXT
 
 TARGET_MB = 400  # issue 14: after 200 prompts
 TARGET_50_MB = 300  # issue 10: after 50 prompts

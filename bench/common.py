@@ -10,7 +10,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_MODELS = ROOT.parent / "shared" / "models"
-sys.path.insert(0, str(ROOT))
 
 TEXT = (
     "The logit lens reads what a language model would predict if it stopped after each layer. "

@@ -15,7 +15,8 @@ from lens.engine import retarget, run_lens
 from lens.errors import LensError
 from lens.exports import safe_csv
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
-from lens.model import DEFAULT_MODEL, LensModel, load_model
+from lens.loading import DEFAULT_MODEL, load_model
+from lens.model import LensModel
 from lens.nnsight_backend import NnsightModel
 from lens.result import LensResult
 from lens.settings import Settings

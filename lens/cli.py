@@ -14,7 +14,7 @@ from lens.backend import POINTS
 from lens.engine import run_lens
 from lens.errors import LensError
 from lens.exports import safe_csv
-from lens.model import DEFAULT_MODEL, load_model
+from lens.loading import DEFAULT_MODEL, load_model
 from lens.result import LensResult
 from lens.settings import Settings
 
@@ -173,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             remote=args.remote,
             api_key=settings.ndif_api_key,
             max_model_bytes=settings.max_model_bytes,
+            timeout=settings.ndif_timeout_s,
         )
         result = run_lens(
             model,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from lens.backend import Backend
+from lens.backend import Backend, check_backend
 from lens.errors import LensError
 from lens.result import LensResult
 from lens.tokens import is_byte_level, piece_bytes
@@ -18,6 +18,8 @@ def last_position_log_probs(model: Backend, result: LensResult) -> np.ndarray:
 
     Only one position, so the whole vocabulary fits: rows x vocab is small.
     """
+    model = check_backend(model)
+    model.capabilities.require("local_weights", "full distributions (they are made from the weights here)", model.name)
     if result.unembed_input is None:
         raise LensError("This result did not keep its unembedding inputs; run the lens with keep_unembed_input=True.")
     normed = torch.from_numpy(result.unembed_input[:, -1]).to(model.readout.device)

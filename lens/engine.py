@@ -452,6 +452,7 @@ def retarget(model: Backend, result: LensResult, targets: Sequence[str | int]) -
     exp, top-k and KL work of a full run.
     """
     model = check_backend(model)
+    model.capabilities.require("local_weights", "retargeting (it reads the kept final-norm outputs here)", model.name)
     if not isinstance(result, LensResult):
         raise LensError(f"result must be a LensResult from run_lens, not {type(result).__name__}.")
     if result.unembed_input is None:

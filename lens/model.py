@@ -1,45 +1,30 @@
-"""Loading a model for the lens, and the handle every lens run goes through.
+"""The TransformerLens backend: a booted TransformerBridge and the handle every lens run goes through.
 
 ``run_with_cache`` adds hooks to the one shared model while it runs, so two runs at once
 would read each other's activations. :class:`LensModel` carries the lock that serialises
-them, next to the bridge and its tokenizer.
+them, next to the bridge and its tokenizer. Where a model comes from and the guards
+before a load are lens.sources' and lens.loading's.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
-import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
-from urllib.parse import urlparse
 
 import torch
 
-from lens import budget
-from lens.backend import Capabilities, OutputTransform, Progress, Readout
-from lens.checks import callback, flag, optional_text
+from lens import sources
+from lens.backend import Capabilities, OutputTransform, Progress, Readout, prefer_sdpa
 from lens.errors import LensError
-from lens.settings import DEFAULT_MODEL
 from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
-if TYPE_CHECKING:
-    from lens.nnsight_backend import NnsightModel
-
-DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
-DEMO_ALIASES = ("demo",)
-HUB_PROBE_SECONDS = 4.0
 _TRANSFORMER_LENS_CAPABILITIES = Capabilities(
     local_weights=True, after_attention=True, per_head=True, gradients=True, patching=True
 )
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-MAX_NAME_CHARS = 1024  # far past any hub id (96) or sensible path, short of the OS's "File name too long"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 @dataclass(eq=False)
@@ -179,128 +164,6 @@ class LensModel:
         return cache
 
 
-def resolve_model_source(name_or_path: str) -> tuple[str, str]:
-    """Decide where a model comes from: (source to boot from, name to show people).
-
-    A folder is used as is. A hub id is looked up in the local cache first, so a cached
-    model loads with no network; an uncached one needs the hub, which is probed with a
-    short timeout instead of the libraries' 40 s of retries.
-    """
-    name = check_model_name(name_or_path)
-    if name.lower() in DEMO_ALIASES:
-        return _model_folder(DEMO_MODEL_DIR, "demo"), "demo"
-    path = Path(name).expanduser()
-    if path_exists(path):
-        return _model_folder(path, name), name
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
-        raise LensError(f"There is no model folder at '{name}'.")
-    if not _REPO_ID.match(name):
-        raise LensError(f"'{name}' is neither a Hugging Face model id (like openai-community/gpt2) nor a model folder.")
-    _check_repo_id(name)
-    cached = _cached_snapshot(name)
-    if cached is not None:
-        return cached, name
-    if _hub_offline():
-        raise LensError(
-            f"Could not download model '{name}': the Hugging Face hub cannot be reached "
-            "and the model is not in the local cache."
-        )
-    return name, name
-
-
-def check_model_name(name_or_path: object, what: str = "A model") -> str:
-    """The name stripped, or one line saying why it can't name anything: not text, empty, too long, control characters.
-
-    Checked before any path or hub call: a 10 kB name made the OS raise "File name too
-    long", and a newline split every message that quotes the name into two lines.
-    """
-    if isinstance(name_or_path, Path):
-        name_or_path = str(name_or_path)
-    if name_or_path is not None and not isinstance(name_or_path, str):
-        raise LensError(f"{what} is named by a string (hub id or folder), not {type(name_or_path).__name__}.")
-    name = (name_or_path or "").strip()
-    if not name:
-        raise LensError("No model given: name a Hugging Face model id or a model folder.")
-    if len(name) > MAX_NAME_CHARS:
-        raise LensError(f"{what}'s name is {len(name):,} characters long; at most {MAX_NAME_CHARS:,} are read.")
-    control = _CONTROL.search(name)
-    if control:
-        raise LensError(
-            f"{what}'s name holds a control character ({control.group()!r} at character {control.start() + 1})."
-        )
-    return name
-
-
-def path_exists(path: Path) -> bool:
-    """Whether a path exists, False where the OS can't even look (a component past 255 bytes)."""
-    try:
-        return path.exists()
-    except OSError:
-        return False
-
-
-def check_tokenizer(tokenizer, shown: str) -> None:
-    """Refuse a tokenizer that can't read text: a folder without tokenizer.json loads one that knows 1 token."""
-    if len(tokenizer) < 2:
-        raise LensError(
-            f"Model '{shown}' has no usable tokenizer (it knows {len(tokenizer)} token): "
-            "its folder needs tokenizer.json or the tokenizer's vocabulary files."
-        )
-
-
-def _check_repo_id(name: str) -> None:
-    """The hub library's own rules ('--', '..', 96 characters at most), as one line."""
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    try:
-        validate_repo_id(name)
-    except HFValidationError as exc:
-        shown = name if len(name) <= 100 else name[:100] + "…"
-        raise LensError(
-            f"'{shown}' is not a valid Hugging Face model id (letters, digits, '-', '_' and '.'; "
-            "no '--' or '..'; at most 96 characters)."
-        ) from exc
-
-
-def _model_folder(path: Path, shown: str) -> str:
-    if not path.is_dir() or not (path / "config.json").is_file():
-        raise LensError(f"'{shown}' is not a model folder: it has no config.json.")
-    return str(path)
-
-
-def _cached_snapshot(repo_id: str) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    config = try_to_load_from_cache(repo_id, "config.json")
-    if isinstance(config, str) and Path(config).is_file():
-        return str(Path(config).parent)
-    return None
-
-
-def _hub_offline() -> bool:
-    """True when the hub is switched off or does not answer within a few seconds."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return True
-    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
-    reachable = threading.Event()
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=HUB_PROBE_SECONDS).close()
-            reachable.set()
-        except OSError:
-            pass
-
-    # getaddrinfo ignores socket timeouts, so the probe runs in a thread we can stop waiting for.
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(HUB_PROBE_SECONDS + 1)
-    return not reachable.is_set()
-
-
 def use_fast_attention(bridge) -> int:
     """Let attention run on Hugging Face's SDPA kernel whenever no hook inside it is listening.
 
@@ -317,12 +180,7 @@ def use_fast_attention(bridge) -> int:
     from transformer_lens.hook_points import HookPoint
     from transformer_lens.model_bridge.generalized_components.attention import AttentionBridge
 
-    hf_model = bridge.original_model
-    if not getattr(hf_model, "_supports_sdpa", False):
-        return 0
-    try:
-        hf_model.set_attn_implementation("sdpa")
-    except Exception:  # transformers refuses models its SDPA path can't run; they stay eager
+    if not prefer_sdpa(bridge.original_model):
         return 0
     switched = 0
     for module in bridge.modules():
@@ -356,100 +214,34 @@ class _FastAttentionForward:
         return AttentionBridge.forward(attention, *args, **kwargs)
 
 
-def download_snapshot(repo_id: str, progress: Progress | None = None) -> str:
-    """Fetch a hub model's config, tokenizer and weights (safetensors when the repo has them).
-
-    Downloading before booting lets the caller show which file of how many is coming,
-    and the boot then reads a plain local folder.
-    """
-    from huggingface_hub import list_repo_files, snapshot_download
-    from tqdm.auto import tqdm
-
-    files = list_repo_files(repo_id)
-    weights = ["*.safetensors"] if any(f.endswith(".safetensors") for f in files) else ["pytorch_model*.bin"]
-
-    class ReportingBar(tqdm):
-        def update(self, n=1):
-            shown = super().update(n)
-            if progress is not None and self.total:
-                progress(f"Downloading {repo_id}: file {self.n} of {self.total}", self.n / self.total)
-            return shown
-
-    return snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.model", *weights], tqdm_class=ReportingBar)
-
-
-def read_config(source: str) -> dict:
-    """A model's config.json, from its folder or as one small file from the hub (no weights)."""
-    if Path(source).is_dir():
-        path = Path(source) / "config.json"
-    else:
-        from huggingface_hub import hf_hub_download
-
-        path = hf_hub_download(source, "config.json")
-    try:
-        config = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise LensError(f"The model's config.json could not be read: {exc}") from exc
-    if not isinstance(config, dict):
-        raise LensError("The model's config.json is not a JSON object.")
-    return config
-
-
-def load_model(
-    name_or_path: str = DEFAULT_MODEL,
+def load_transformer_lens(
+    source: str,
+    shown: str,
     *,
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     device_map: str | dict | None = None,
     progress: Progress | None = None,
-    backend: str = "transformer_lens",
-    remote: bool = False,
-    api_key: str | None = None,
     fast_attention: bool = True,
-    max_model_bytes: int | None = None,
-) -> LensModel | NnsightModel:
-    """Boot a hub id or a local Hugging Face folder, with the tokenizer from the same place.
+) -> LensModel:
+    """Boot a checked source (lens.loading ran the guards) in TransformerLens, with its own tokenizer.
 
     Remote code is never trusted. ``device`` and ``device_map`` go straight to
     TransformerLens (``device_map="auto"`` spreads a large model over several GPUs).
     ``progress(message, fraction_or_None)`` hears what is happening, for a UI to show.
-    ``backend="nnsight"`` wraps the model in nnsight instead (lens/nnsight_backend.py);
-    with ``remote=True`` it runs on NDIF, with ``api_key`` (else the key ``nnsight login`` saved).
-    ``max_model_bytes`` is the largest fp32 model loaded (default: half of the memory still free, less 1 GB).
     ``fast_attention`` runs attention on SDPA while nothing hooks it (:func:`use_fast_attention`).
     """
-    optional_text(api_key, "api_key")
-    optional_text(device, "device")
-    flag(remote, "remote")
-    flag(fast_attention, "fast_attention")
-    callback(progress, "progress")
-    if not isinstance(dtype, torch.dtype):
-        raise LensError(f"dtype must be a torch dtype (torch.float32, torch.bfloat16), not {type(dtype).__name__}.")
-    if backend == "nnsight":
-        from lens.nnsight_backend import load_nnsight_model
-
-        return load_nnsight_model(
-            name_or_path, remote=remote, api_key=api_key, device=device, dtype=dtype, progress=progress
-        )
-    if backend != "transformer_lens":
-        raise LensError(f"Unknown backend {backend!r}; choose 'transformer_lens' or 'nnsight'.")
-    if remote:
-        raise LensError("Remote runs go through nnsight: pass backend='nnsight' with remote=True.")
     report = progress or (lambda message, fraction: None)
-    source, shown = resolve_model_source(name_or_path)
-    budget.limit_torch_threads()
     try:
-        budget.check_hub_size(source, shown, max_model_bytes)
-        budget.check_config(read_config(source), shown, max_model_bytes)  # the architecture is proven there too
         report("Starting TransformerLens", None)
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoTokenizer
 
         if not Path(source).is_dir():
-            source = download_snapshot(source, progress)
+            source = sources.download_snapshot(source, progress)
         report(f"Reading the tokenizer and weights of {shown}", None)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=True)
-        check_tokenizer(tokenizer, shown)
+        sources.check_tokenizer(tokenizer, shown)
         kwargs = {"device_map": device_map} if device_map is not None else {"device": device}
         bridge = TransformerBridge.boot_transformers(
             source, tokenizer=tokenizer, dtype=dtype, trust_remote_code=False, **kwargs
@@ -457,27 +249,9 @@ def load_model(
     except LensError:
         raise
     except Exception as exc:  # the libraries raise many types; people need one line
-        if _pickled_weights_only(source):
-            raise LensError(
-                f"Could not load model '{shown}': its weights are a pickled .bin file that could not be read "
-                "safely; the lens needs safetensors."
-            ) from exc
-        raise LensError(f"Could not load model '{shown}': {_first_line(exc)}") from exc
+        raise sources.load_failure(exc, shown, source) from exc
     bridge.eval()
     if fast_attention:
         use_fast_attention(bridge)
     report(f"{shown} is ready", 1.0)
     return LensModel(bridge=bridge, tokenizer=tokenizer, name=shown)
-
-
-def _pickled_weights_only(source: str) -> bool:
-    folder = Path(source)
-    return folder.is_dir() and not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin"))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    line = text.splitlines()[0].strip()
-    if "not a valid model identifier" in text or "Repository Not Found" in text or "404" in text:
-        return "no such model on the Hugging Face hub."
-    return line[:300]

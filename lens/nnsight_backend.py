@@ -7,36 +7,38 @@ unembedding and the reduction of every cell to the numbers people look at (top-k
 log-normaliser, entropy, KL to the final row, targets' probability, logit and rank)
 all run inside the trace; only those small arrays are saved and come back.
 
-The same trace runs locally (``remote=False``) on any model that fits, which is how
-it is tested against the TransformerLens backend. Every NDIF failure (no key, a
-rejected key, NDIF unreachable, a model it doesn't host) becomes one LensError line;
-queue and run status go to the ``progress`` callback.
+Run here (``remote=False``), the backend captures residuals like the TransformerLens
+one and the shared engine and readout do the rest. On NDIF a run has a time limit,
+holds no lock here, and every failure (no key, a rejected key, NDIF unreachable or
+down, a model it doesn't host, a queue that doesn't move) becomes one LensError line,
+told apart by exception type and HTTP status; queue and run status go to ``progress``.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from lens.backend import Capabilities, OutputTransform, Progress, Readout, Row
+from lens.backend import Capabilities, OutputTransform, Progress, Readout, Row, prefer_sdpa
 from lens.errors import LensError
-from lens.model import _first_line, resolve_model_source
 from lens.result import STATISTICS
+from lens.sources import check_tokenizer, exception_chain, first_line, load_failure, status_code
 from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
 NDIF_KEY_URL = "https://login.ndif.us"
 TASK = "text-generation"
 BLOCK_LOGITS = 2**23  # logits made at once in the trace: 64 MB in float64, 65 positions of a 128k vocabulary
-# Where decoder layers, the final norm and the output head sit in the model families
-# NDIF hosts (Llama, Gemma, Qwen, Mistral, GPT-2, GPT-J, GPT-NeoX, OLMo).
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers")
-_NORM_PATHS = ("model.norm", "transformer.ln_f", "gpt_neox.final_layer_norm", "model.decoder.final_layer_norm")
+DEFAULT_TIMEOUT = 300.0  # seconds a remote run may take, queue included (the app's LENS_NDIF_TIMEOUT)
+PROGRESS_SECONDS = 1.0  # how often the waiting thread reports and checks the time
+STATUS_SECONDS = 5.0  # NDIF's /status, asked after it refused a job
 # The arrays a run saves out of the trace, and nothing else (their size: payload_bytes).
 SAVED_ARRAYS = STATISTICS
 
@@ -58,6 +60,7 @@ class NnsightModel:
     norm_path: str
     head_path: str
     api_key: str | None = field(default=None, repr=False)
+    timeout: float = DEFAULT_TIMEOUT
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -96,12 +99,17 @@ class NnsightModel:
 
     @cached_property
     def output_transform(self) -> OutputTransform:
-        """The config's logit scale (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``) and soft-cap."""
-        scale = float(getattr(self.config, "logit_scale", None) or 1.0)
-        scaling = getattr(self.config, "logits_scaling", None)
+        """The config's logit scale and soft-cap, under every name the exact families use for them.
+
+        Read from the config, not the weights, so a remote handle (no weights here) has it too.
+        """
+        config = self.config
+        scale = float(getattr(config, "logit_scale", None) or 1.0)  # Cohere
+        scale *= float(getattr(config, "lm_head_multiplier", None) or 1.0)  # Falcon-H1
+        scaling = getattr(config, "logits_scaling", None)  # Granite divides
         if scaling:
             scale /= float(scaling)
-        cap = getattr(self.config, "final_logit_softcapping", None)
+        cap = getattr(config, "final_logit_softcapping", None) or getattr(config, "logits_soft_cap", None)
         return OutputTransform(scale, float(cap) if cap else None)
 
     @cached_property
@@ -142,8 +150,11 @@ class NnsightModel:
     ) -> dict[str, np.ndarray]:
         """The cells' statistics reduced where the model runs; only those small arrays travel back."""
         input_ids = torch.tensor([list(token_ids)], dtype=torch.long)
-        with self.lock:
+        if self.remote:  # nothing here to guard: the model runs on NDIF, and a queue wait must not block others
             saved = _run_trace(self, input_ids, rows[0].label == "embed", top_k, list(target_ids), progress)
+        else:
+            with self.lock:
+                saved = _run_trace(self, input_ids, rows[0].label == "embed", top_k, list(target_ids), progress)
         stats = {name: value.numpy() for name, value in saved.items()}
         for name in ("top_ids", "target_ranks"):
             stats[name] = stats[name].astype(np.int64)
@@ -171,103 +182,112 @@ def _envoy(root, path: str):
     return root
 
 
-def _has_path(module: torch.nn.Module, path: str) -> bool:
-    for part in path.split("."):
-        if not hasattr(module, part):
-            return False
-        module = getattr(module, part)
-    return True
-
-
 def saved_api_key() -> str | None:
-    """The key nnsight's own config holds (``nnsight login``): the library reads no environment."""
+    """The key nnsight's own config holds (``nnsight login``), for a caller that passes none."""
     from nnsight import CONFIG
 
     return (CONFIG.API.APIKEY or "").strip() or None
 
 
-def load_nnsight_model(
-    name_or_path: str,
+def check_api_key(api_key: str | None) -> str:
+    """The key a remote run will send, or one line saying where to get one (before anything is downloaded)."""
+    key = (api_key or "").strip() or saved_api_key()
+    if not key:
+        raise LensError(
+            f"No NDIF API key: set NDIF_API_KEY (or the app's NDIF_API_KEY secret); get a key at {NDIF_KEY_URL}."
+        )
+    return key
+
+
+def load_nnsight(
+    source: str,
+    shown: str,
     *,
-    remote: bool = False,
+    remote_id: str | None = None,
     api_key: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
     device: str | None = None,
     dtype: torch.dtype = torch.float32,
     progress: Progress | None = None,
 ) -> NnsightModel:
-    """Wrap a model in nnsight: its weights for a local run, only its structure for NDIF.
+    """Wrap a checked source (lens.loading ran the guards) in nnsight: its weights here, or only its structure.
 
-    A remote model needs its config and tokenizer (kilobytes), never its weights: those
-    are on NDIF. The key is checked first, so a missing one fails before any download.
+    With ``remote_id`` the model runs on NDIF under that hub id: the handle holds the
+    config and tokenizer (kilobytes) and builds the structure on the meta device.
+    Attention runs as the TransformerLens backend runs it (SDPA where the model has it),
+    so the two agree to fp32 rounding.
     """
     report = progress or (lambda message, fraction: None)
-    if remote:
-        api_key = (api_key or "").strip() or saved_api_key()
-        if not api_key:
-            raise LensError(
-                f"No NDIF API key: set NDIF_API_KEY (or the app's NDIF_API_KEY secret); get a key at {NDIF_KEY_URL}."
-            )
-    source, shown = resolve_model_source(name_or_path)
     try:
         report("Starting nnsight", None)
         import nnsight
         from transformers import AutoConfig, AutoTokenizer
 
-        if not Path(source).is_dir():
-            source = _download_config_and_tokenizer(source, progress)
         report(f"Reading the config and tokenizer of {shown}", None)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=True)
-        config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=True)
-        if remote:
+        check_tokenizer(tokenizer, shown)
+        if remote_id is not None:
+            config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=True)
             # The repo id, not the local snapshot, is the model's identity on NDIF.
-            wrapper = nnsight.TransformersModel(
-                name_or_path if not Path(name_or_path).exists() else source,
-                task=TASK,
-                tokenizer=tokenizer,
-                config=config,
-            )
+            wrapper = nnsight.TransformersModel(remote_id, task=TASK, tokenizer=tokenizer, config=config)
         else:
             placement = {"device": device} if device else {}
-            # Eager attention, as TransformerLens runs it, so the two backends agree to fp32 rounding.
-            wrapper = nnsight.TransformersModel(
-                source, task=TASK, tokenizer=tokenizer, dtype=dtype, attn_implementation="eager", **placement
-            )
+            wrapper = nnsight.TransformersModel(source, task=TASK, tokenizer=tokenizer, dtype=dtype, **placement)
             report(f"Reading the weights of {shown}", None)
             wrapper.dispatch()
-            wrapper._module.eval()
+            prefer_sdpa(wrapper._module.eval())
     except LensError:
         raise
     except Exception as exc:  # the libraries raise many types; people need one line
-        raise LensError(f"Could not load model '{shown}': {_first_line(exc)}") from exc
+        raise load_failure(exc, shown, source) from exc
     report(f"{shown} is ready", 1.0)
-    return _handle(wrapper, tokenizer, shown, remote=remote, api_key=api_key if remote else None)
+    remote = remote_id is not None
+    return _handle(wrapper, tokenizer, shown, remote=remote, api_key=api_key if remote else None, timeout=timeout)
 
 
 def wrap_hf_model(hf_model: torch.nn.Module, tokenizer, *, name: str) -> NnsightModel:
-    """Wrap a Hugging Face model that is already built (benchmarks, notebooks)."""
+    """Wrap a Hugging Face model that is already built (tests, benchmarks, notebooks), with SDPA where it has it."""
     import nnsight
 
-    return _handle(nnsight.TransformersModel(hf_model.eval(), tokenizer=tokenizer, task=TASK), tokenizer, name)
+    prefer_sdpa(hf_model.eval())
+    return _handle(nnsight.TransformersModel(hf_model, tokenizer=tokenizer, task=TASK), tokenizer, name)
 
 
-def _handle(wrapper, tokenizer, name: str, *, remote: bool = False, api_key: str | None = None) -> NnsightModel:
+def _block_paths(module: torch.nn.Module) -> tuple[str | None, str | None]:
+    """Where the decoder blocks and the final norm sit, found by structure, not by family name.
+
+    The blocks are the first module list as long as the model is deep (``model.layers``,
+    ``transformer.h``, ``backbone.layers``, ``rwkv.blocks``, ...); the final norm is the
+    last norm registered beside them (``model.norm``, ``transformer.ln_f``, ``backbone.norm_f``,
+    Lfm2's ``model.embedding_norm``, which it applies last). The architecture tests prove each
+    exact family's output row against the model's own logits.
+    """
+    depth = getattr(module.config, "num_hidden_layers", None)
+    layers = next(
+        (name for name, m in module.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) == depth),
+        None,
+    )
+    if layers is None:
+        return None, None
+    parent_path, _, list_name = layers.rpartition(".")
+    parent = module.get_submodule(parent_path)
+    norms = [n for n, m in parent._modules.items() if "norm" in type(m).__name__.lower() or n == list_name]
+    at = norms.index(list_name)
+    # The first norm registered after the blocks, else the last before them (OPT registers it first).
+    norm = next(iter(norms[at + 1 :]), norms[at - 1] if at else None)
+    return layers, None if norm is None else f"{parent_path}.{norm}".lstrip(".")
+
+
+def _handle(
+    wrapper, tokenizer, name: str, *, remote: bool = False, api_key: str | None = None, timeout: float = DEFAULT_TIMEOUT
+) -> NnsightModel:
     module = wrapper._module
-    layers = next((p for p in _LAYER_PATHS if _has_path(module, p)), None)
-    norm = next((p for p in _NORM_PATHS if _has_path(module, p)), None)
+    layers, norm = _block_paths(module)
     output_head = module.get_output_embeddings()
     head = next((n for n, m in module.named_modules() if m is output_head and n), None)
     if layers is None or norm is None or head is None:
         raise LensError(f"Model '{name}' has no decoder layers, final norm and output head the lens knows how to read.")
-    return NnsightModel(wrapper, tokenizer, name, remote, layers, norm, head, api_key=api_key)
-
-
-def _download_config_and_tokenizer(repo_id: str, progress: Progress | None) -> str:
-    """The hub files that describe a model, without its weights."""
-    from huggingface_hub import snapshot_download
-
-    if progress is not None:
-        progress(f"Downloading the config and tokenizer of {repo_id}", None)
-    return snapshot_download(repo_id, allow_patterns=["*.json", "*.txt", "*.model"])
+    return NnsightModel(wrapper, tokenizer, name, remote, layers, norm, head, api_key=api_key, timeout=timeout)
 
 
 # --- inside the trace -------------------------------------------------------------------
@@ -376,10 +396,9 @@ def _run_trace(
     target_ids: list[int],
     progress: Progress | None,
 ) -> dict[str, torch.Tensor]:
-    backend = remote_backend(model, progress) if model.remote else None
-    if backend is None:
-        input_ids = input_ids.to(model.wrapper._module.get_output_embeddings().weight.device)
-    try:
+    """The traced statistics, run here (the caller holds the lock) or on NDIF (no lock: no hooks here)."""
+
+    def run(backend) -> dict[str, torch.Tensor]:
         return traced_statistics(
             model.wrapper,
             input_ids,
@@ -390,43 +409,159 @@ def _run_trace(
             model.output_transform,
             backend,
         )
-    except LensError:
-        raise
-    except Exception as exc:  # nnsight, websocket and httpx raise many types; people need one line
-        if backend is None:
-            raise LensError(f"The nnsight run of '{model.name}' failed: {_first_line(exc)}") from exc
-        raise ndif_error(exc, model.name, backend.host, model.api_key) from exc
+
+    if model.remote:
+        return _run_on_ndif(model, run, progress)
+    input_ids = input_ids.to(model.wrapper._module.get_output_embeddings().weight.device)
+    try:
+        return run(None)
+    except Exception as exc:  # nnsight re-raises the model's errors in its own types; people need one line
+        raise LensError(f"The nnsight run of '{model.name}' failed: {first_line(exc)}") from exc
 
 
-def remote_backend(model: NnsightModel, progress: Progress | None):
-    """nnsight's RemoteBackend, reporting NDIF's job status to ``progress`` instead of the terminal."""
+class NdifTimeout(TimeoutError):
+    """NDIF did not finish within the run's time limit (``last`` is its last status, or None)."""
+
+    def __init__(self, seconds: float, last: object) -> None:
+        super().__init__(f"no answer within {seconds:g} s")
+        self.seconds, self.last = seconds, last
+
+
+def _run_on_ndif(model: NnsightModel, run: Callable, progress: Progress | None) -> dict[str, torch.Tensor]:
+    """Run on NDIF in a worker thread, reporting its status and the time left here, up to ``model.timeout``.
+
+    The wait happens in the caller's thread, so ``progress`` (a page's status box) is
+    called where it was made; the worker's socket is closed when the time is up.
+    """
+    backend = remote_backend(model)
+    outcome: dict[str, object] = {}
+
+    def work() -> None:
+        try:
+            outcome["value"] = run(backend)
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread, which classifies it
+            outcome["error"] = exc
+
+    started = time.monotonic()
+    worker = threading.Thread(target=work, name=f"ndif-{model.name}", daemon=True)
+    worker.start()
+    reported = 0
+    while True:
+        worker.join(min(PROGRESS_SECONDS, max(0.0, model.timeout - (time.monotonic() - started))))
+        elapsed = time.monotonic() - started
+        if progress is not None:
+            fresh = backend.updates[reported:]
+            reported += len(fresh)
+            for message in fresh or backend.updates[-1:]:
+                progress(f"{message} ({elapsed:.0f} s of at most {model.timeout:g} s)", None)
+        if not worker.is_alive():
+            break
+        if elapsed >= model.timeout:
+            backend.abandon()
+            raise ndif_error(NdifTimeout(model.timeout, backend.last_status), model.name, backend.host)
+    if "error" in outcome:
+        error = outcome["error"]
+        raise ndif_error(error, model.name, backend.host, model.api_key) from error  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+_STATUS_MESSAGES = {
+    "RECEIVED": "NDIF received the request",
+    "QUEUED": "Waiting in NDIF's queue",
+    "PROVISIONING": "NDIF is provisioning a GPU for the model",
+    "DEPLOYING": "NDIF is loading the model onto its GPUs (the first run of a model can take minutes)",
+    "DISPATCHED": "NDIF dispatched the request to the model",
+    "RUNNING": "Running on NDIF",
+    "COMPLETED": "NDIF finished; fetching the statistics",
+}
+
+
+def remote_backend(model: NnsightModel):
+    """nnsight's RemoteBackend for this model, with its time limit; status kept for the waiting thread.
+
+    The lens modules travel by value (registered with nnsight), so NDIF needs no copy
+    of this package, installed or not.
+    """
     from nnsight.intervention.backends.display import StatusDisplay
+
+    ship_by_value()
+    backend = deadline_backend_class()(
+        _model_key(model), api_key=model.api_key, env=model.wrapper._remoteable_get_env()
+    )
+    backend.timeout = model.timeout
+    backend.display = StatusDisplay(enabled=False)  # status goes to progress, never to a log
+    return backend
+
+
+def ship_by_value() -> None:
+    """Have nnsight pickle this package's code into the request (reduce_rows, OutputTransform), not name it.
+
+    nnsight ships only modules outside site-packages by value; an installed ``lens`` would be
+    named by reference and fail on NDIF, which has no copy of it.
+    """
+    import nnsight
+
+    nnsight.register(__name__.split(".")[0])
+
+
+@functools.cache
+def deadline_backend_class() -> type:
+    """RemoteBackend whose every socket read is bounded and can be abandoned (nnsight's waits without limit)."""
+    import websocket
     from nnsight.intervention.backends.remote import RemoteBackend
     from nnsight.schema.response import Status
 
-    waiting = {
-        Status.RECEIVED: "NDIF received the request",
-        Status.QUEUED: "Waiting in NDIF's queue",
-        Status.PROVISIONING: "NDIF is provisioning a GPU for the model",
-        Status.DEPLOYING: "NDIF is loading the model onto its GPUs (the first run of a model can take minutes)",
-        Status.DISPATCHED: "NDIF dispatched the request to the model",
-        Status.RUNNING: "Running on NDIF",
-        Status.COMPLETED: "NDIF finished; fetching the statistics",
-    }
+    class DeadlineBackend(RemoteBackend):
+        last_status: str | None = None
+        abandoned = False
+        connection = None
+        timeout = DEFAULT_TIMEOUT
 
-    class ReportingBackend(RemoteBackend):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.updates = ["Sending the request to NDIF"]  # appended by the worker, read by the waiting thread
+
         def note(self, response) -> bool:
-            if progress is not None and response.status in waiting:
+            name = getattr(response.status, "name", str(response.status))
+            if name in _STATUS_MESSAGES:
+                self.last_status = name
                 detail = (response.description or "").strip().splitlines()
-                message = waiting[response.status]
-                if response.status == Status.QUEUED and detail:
-                    message += f": {detail[0][:120]}"
-                progress(message, None)
+                message = _STATUS_MESSAGES[name]
+                self.updates.append(f"{message}: {detail[0][:120]}" if name == "QUEUED" and detail else message)
             return super().note(response)
 
-    backend = ReportingBackend(_model_key(model), api_key=model.api_key, env=model.wrapper._remoteable_get_env())
-    backend.display = StatusDisplay(enabled=False)  # status goes to progress, never to a log
-    return backend
+        def abandon(self) -> None:
+            """Stop waiting: the worker's next socket read fails and it ends."""
+            self.abandoned = True
+            if self.connection is not None:
+                self.connection.close()
+
+        def request(self, request, tracer):
+            """nnsight's blocking request, with the handshake and every read bounded."""
+            blob = self._serialize(tracer)
+            header = {"ndif-api-key": self.api_key} if self.api_key else None
+            self.updates.append(f"Connecting to NDIF at {self.host}")
+            self.connection = websocket.create_connection(
+                f"{self.ws_host}/subscribe", header=header, timeout=self.timeout
+            )
+            try:
+                request.session_id = json.loads(self.connection.recv())["session_id"]
+                self.send(request, blob)
+                self.connection.settimeout(PROGRESS_SECONDS)
+                while not self.abandoned:
+                    try:
+                        message = self.connection.recv()
+                    except websocket.WebSocketTimeoutException:
+                        continue
+                    response = self.parse(message)
+                    result = self.handle(response)
+                    if response.status == Status.COMPLETED:
+                        return result
+                raise NdifTimeout(self.timeout, self.last_status)
+            finally:
+                self.connection.close()
+
+    return DeadlineBackend
 
 
 def _model_key(model: NnsightModel) -> str:
@@ -440,27 +575,58 @@ def _model_key(model: NnsightModel) -> str:
         return model.wrapper.to_model_key()
 
 
-# Phrases of NDIF's own refusals (seen in nnsight and NDIF issue threads), lower-cased.
-_NOT_HOSTED = ("unavailable for deployment", "not dedicated", "is not deployed", "model not found", "not hosted")
-_REJECTED = ("api key", "apikey", "unauthorized", "401", "403", "forbidden", "not authorized")
+def hosted_on_ndif(host: str, repo_id: str) -> bool | None:
+    """Whether NDIF's /status lists a deployment of ``repo_id``; None when NDIF can't say."""
+    import httpx
+
+    try:
+        response = httpx.get(f"{host}/status", timeout=STATUS_SECONDS)
+        response.raise_for_status()
+        deployments = response.json().get("deployments", {})
+        return any(str(d.get("repo_id", "")).lower() == repo_id.lower() for d in deployments.values())
+    except (httpx.HTTPError, ValueError, AttributeError):
+        return None
 
 
 def ndif_error(exc: BaseException, model_name: str, host: str, api_key: str | None = None) -> LensError:
-    """One line for whatever went wrong between here and NDIF. The key is never part of it."""
-    chain = []
-    current: BaseException | None = exc
-    while current is not None and len(chain) < 5:
-        chain.append(current)
-        current = current.__cause__ or current.__context__
-    text = " ".join(str(e) for e in chain).lower()
-    names = {type(e).__name__ for e in chain}
-    if any(phrase in text for phrase in _NOT_HOSTED):
-        return LensError(f"NDIF does not host '{model_name}' right now; pick one of its hosted models.")
-    if any(phrase in text for phrase in _REJECTED) or "WebSocketBadStatusException" in names:
+    """One line for whatever went wrong between here and NDIF, by exception type and HTTP status; never the key.
+
+    No key is refused before any run (:func:`check_api_key`). Then: a rejected key (401,
+    403), NDIF down (5xx), NDIF unreachable (DNS, refused, a connection timeout), a time
+    limit spent waiting (in the queue or on the run), and a job NDIF refused, which is
+    "not hosted" when NDIF's status lists no deployment of the model.
+    """
+    import httpx
+    import websocket
+    from nnsight.intervention.backends.remote import RemoteError
+
+    chain = exception_chain(exc)
+    timeout = next((e for e in chain if isinstance(e, NdifTimeout)), None)
+    if timeout is not None:
+        if timeout.last == "QUEUED":
+            return LensError(
+                f"NDIF's queue did not reach the run of '{model_name}' within {timeout.seconds:g} s "
+                "(LENS_NDIF_TIMEOUT); try again later."
+            )
+        return LensError(
+            f"NDIF did not finish the run of '{model_name}' within {timeout.seconds:g} s (LENS_NDIF_TIMEOUT); "
+            "try again later."
+        )
+    code = next((c for c in map(status_code, chain) if c is not None), None)
+    if code in (401, 403):
         return LensError(f"NDIF rejected the API key; check NDIF_API_KEY (keys come from {NDIF_KEY_URL}).")
-    if names & {"ConnectError", "ConnectTimeout", "ConnectionRefusedError", "gaierror", "TimeoutError"} or any(
-        isinstance(e, OSError) for e in chain
-    ):
+    if code is not None and code >= 500:
+        return LensError(f"NDIF is down or overloaded right now (HTTP {code} from {host}); try again later.")
+    unreachable = (
+        httpx.TransportError,
+        websocket.WebSocketAddressException,
+        websocket.WebSocketTimeoutException,
+        websocket.WebSocketConnectionClosedException,
+        OSError,
+    )
+    if code is None and any(isinstance(e, unreachable) for e in chain):
         return LensError(f"NDIF cannot be reached at {host}; check the network, or try again later.")
-    detail = _first_line(exc)
+    if any(isinstance(e, RemoteError) for e in chain) and hosted_on_ndif(host, model_name) is False:
+        return LensError(f"NDIF does not host '{model_name}' right now; pick one of its hosted models.")
+    detail = first_line(exc)
     return LensError(f"NDIF could not run '{model_name}': {detail.replace(api_key, '***') if api_key else detail}")

@@ -30,8 +30,8 @@ from lens.budget import check_fits
 from lens.checks import callback, listed, whole_number
 from lens.errors import LensError
 from lens.lenses import Lens
-from lens.model import check_model_name, path_exists
 from lens.saved_tensors import load_checked
+from lens.sources import check_model_name, path_exists
 from lens.tokens import check_text, uses_bos
 
 PUBLISHED_REPO = "AlignmentResearch/tuned-lens"  # a Hugging Face space: lens/<model name>/

@@ -1,7 +1,7 @@
 """Render the README's architecture table from the parity tests' measured outcomes.
 
     python -m pytest -q tests/test_architectures.py     # writes artifacts/architectures.json
-    python scripts/architecture_table.py --write        # replaces the table in README.md
+    python -m scripts.architecture_table --write         # replaces the table in README.md
 
 An architecture is shown as exact only if the test run measured it within tolerance;
 the table is never edited by hand.
@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from lens.architectures import ARCHITECTURES, EXACT_STATUS
 
-from lens.architectures import ARCHITECTURES, EXACT_STATUS  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 OUTCOMES = ROOT / "artifacts" / "architectures.json"
 README = ROOT / "README.md"

@@ -1,31 +1,18 @@
-"""A Streamlit server and a headless Chromium for the browser tests (shared by tests/test_browser*.py)."""
+"""The benchmarks' Streamlit server and Chromium for the browser tests, skipped where they can't run."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 
 import pytest
 
+from bench import browser
+from bench.browser import CHROMIUM
 from tests.conftest import ROOT
 
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SHOTS = ROOT / "artifacts" / "screenshots"
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
 
@@ -42,45 +29,15 @@ def need(condition: bool, reason: str) -> None:
 def streamlit_server(env: dict[str, str]) -> Iterator[str]:
     """``streamlit run app.py`` on a free port with these environment variables; yields its URL."""
     need(shutil.which(CHROMIUM) is not None, f"needs Debian's chromium at {CHROMIUM}")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port)]
-    command += ["--server.address", "127.0.0.1", "--server.headless", "true"]
-    process = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).status == 200:
-                break
-        except OSError:
-            time.sleep(0.3)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not start within 60 s")
-    try:
+    with browser.streamlit_server(env, ROOT) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 @contextlib.contextmanager
 def chromium() -> Iterator[object]:
-    playwright_api = pytest.importorskip("playwright.sync_api")
-    with playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    pytest.importorskip("playwright.sync_api")
+    with browser.chromium() as launched:
+        yield launched
 
 
 def wait_idle(tab, timeout_ms: int = 180_000) -> None:

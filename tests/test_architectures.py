@@ -290,7 +290,7 @@ def fake_hub(monkeypatch, tmp_path):
     """A reachable hub whose repos' config.json says what the test wants; weights never download."""
     import huggingface_hub
 
-    from lens import model as model_module
+    from lens import sources
 
     configs: dict[str, dict] = {}
 
@@ -304,9 +304,9 @@ def fake_hub(monkeypatch, tmp_path):
         raise WeightsDownloaded(repo_id)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fetch_config)
-    monkeypatch.setattr(model_module, "_hub_offline", lambda: False)
-    monkeypatch.setattr(model_module, "_cached_snapshot", lambda repo_id: None)
-    monkeypatch.setattr(model_module, "download_snapshot", download)
+    monkeypatch.setattr(sources, "hub_offline", lambda: False)
+    monkeypatch.setattr(sources, "cached_snapshot", lambda repo_id: None)
+    monkeypatch.setattr(sources, "download_snapshot", download)
     monkeypatch.setattr(budget, "hub_parameters", lambda repo_id: None)  # no size metadata: the config decides
     return configs
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lens import load_model, run_lens
-from lens.model import DEMO_MODEL_DIR
+from lens.sources import DEMO_MODEL_DIR
 
 SEED_PROMPT = "Therefore thus saith the"
 

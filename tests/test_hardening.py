@@ -22,6 +22,7 @@ from streamlit.dataframe_util import convert_arrow_bytes_to_pandas_df
 from streamlit.testing.v1 import AppTest
 
 import lens
+import lens.sources
 from lens import LensError, budget, corpus, corpus_stats, load_model, retarget, run_lens
 from lens.cli import main
 from lens.exports import FORMULA_STARTS, safe_csv
@@ -65,14 +66,14 @@ def fake_hub(monkeypatch):
     from huggingface_hub import HfApi
 
     answers = {}
-    monkeypatch.setattr(lens.model, "_hub_offline", lambda: False)
+    monkeypatch.setattr(lens.sources, "hub_offline", lambda: False)
     monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, **kwargs: answers["info"])
     monkeypatch.setattr("huggingface_hub.hf_hub_download", lambda repo_id, filename, **kwargs: answers["config"])
 
     def no_download(*args, **kwargs):
         raise AssertionError("weights were downloaded")
 
-    monkeypatch.setattr(lens.model, "download_snapshot", no_download)
+    monkeypatch.setattr(lens.sources, "download_snapshot", no_download)
     return answers
 
 

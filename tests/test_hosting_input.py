@@ -25,6 +25,7 @@ from markdown_it import MarkdownIt
 from streamlit.testing.v1 import AppTest
 
 import lens
+import lens.sources
 from lens import LensError, budget, corpus_stats, load_model, retarget, run_lens
 from lens.attribution import attribute, cell_writes
 from lens.cli import main
@@ -138,8 +139,8 @@ def fake_hub(monkeypatch, tmp_path):
     from huggingface_hub import HfApi
 
     config = {}
-    monkeypatch.setattr(lens.model, "_hub_offline", lambda: False)
-    monkeypatch.setattr(lens.model, "_cached_snapshot", lambda repo_id: None)
+    monkeypatch.setattr(lens.sources, "hub_offline", lambda: False)
+    monkeypatch.setattr(lens.sources, "cached_snapshot", lambda repo_id: None)
     answer = SimpleNamespace(safetensors=SimpleNamespace(total=1_000_000), siblings=[])
     monkeypatch.setattr(HfApi, "model_info", lambda self, repo_id, **kwargs: answer)
 
@@ -153,7 +154,7 @@ def fake_hub(monkeypatch, tmp_path):
         raise AssertionError("weights were downloaded")
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", fetch)
-    monkeypatch.setattr(lens.model, "download_snapshot", no_download)
+    monkeypatch.setattr(lens.sources, "download_snapshot", no_download)
     return config
 
 

@@ -24,7 +24,7 @@ import streamlit as st
 import torch
 
 import lens
-from lens.model import resolve_model_source
+from lens.sources import resolve_model_source
 from ui import config
 from ui import models as model_picker
 from ui.lenses import HUB_PREFIX

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from lens import PUBLISHED_LENSES
-from lens.model import path_exists
+from lens.sources import path_exists
 from lens.tuned import model_key
 from ui import config
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import streamlit as st
 
 import lens
-from lens.model import check_model_name, path_exists
 from lens.settings import Settings
+from lens.sources import check_model_name, path_exists
 from ui import config
 
 NDIF_PREFIX = "ndif:"
@@ -43,6 +43,12 @@ def choices(server: Settings) -> list[str]:
     curated = [m for m in config.CURATED_MODELS if m == "demo" or not allow or m in allow]
     remote = [NDIF_PREFIX + m for m in server.ndif_models or HOSTED_MODELS]
     return list(dict.fromkeys([server.default_model, *curated, *(m for m in remote if not allow or m in allow)]))
+
+
+def offered_on_ndif(server: Settings) -> set[str]:
+    """Hub ids a typed ``ndif:`` name may use: the offered list, and any ``ndif:`` id the allow-list names."""
+    listed = {m.removeprefix(NDIF_PREFIX) for m in server.model_allowlist if m.startswith(NDIF_PREFIX)}
+    return set(server.ndif_models or HOSTED_MODELS) | listed
 
 
 def local_choices(server: Settings) -> list[str]:
@@ -102,6 +108,9 @@ def load(model_id: str, server: Settings, progress=None) -> lens.LensModel | len
             remote=True,
             api_key=ndif_api_key(server),
             progress=progress,
+            ndif_models=offered_on_ndif(server),
+            timeout=server.ndif_timeout_s,
+            max_model_bytes=server.max_model_bytes,
         )
     return lens.load_model(model_id, progress=progress, max_model_bytes=server.max_model_bytes)
 
