@@ -493,6 +493,9 @@ class _SlabThreads:
             started = threading.Barrier(count)
 
             def one_intra_op_thread() -> None:
+                # torch sets a thread's count from the default at its first parallel op (or count query):
+                # that happens first, so that putting the default back below leaves this thread at one.
+                torch.get_num_threads()
                 torch.set_num_threads(1)
                 started.wait()  # every task on a thread of its own
 
