@@ -21,7 +21,9 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
@@ -174,61 +176,56 @@ def _slabs(stop: int, cells: int, slab_bytes: int | None = None, start: int = 0)
 
 
 class _SoftmaxSums:
-    """Per-cell sums over the vocabulary, taken slab by slab while each slab is in cache.
+    """Per-cell sums over the vocabulary, one set per slab, each slab shifted by its own maxima.
 
-    Each cell's logits are shifted by the largest seen so far (its running maximum), and
-    the sums are rescaled whenever that maximum grows, so one pass over the logits gives:
-    ``sum_exp`` = sum(exp(s)), ``expect`` = sum(exp(s) * s) and ``cross`` =
-    sum(exp(s_final) * s) with s = logit - maximum, the final row's cells paired with
-    every row's at the same position. Besides avoiding overflow, the shift keeps log Z and
-    E_p[logit] small, so the entropy (their difference) loses no digits to cancellation.
-    Slab sums are short fp32 reductions; they add up in fp64.
+    For slab i with per-cell maximum m_i and s = logit - m_i: ``sum_exp`` = sum(exp(s)),
+    ``expect`` = sum(exp(s) * s) and ``cross`` = sum(exp(s_final) * s), the final row's
+    cells paired with every row's at the same position. Slabs are independent, so threads
+    can fill them in any order; :meth:`statistics` combines them in slab order (the same
+    figures every run), rescaled in fp64 to the largest maximum. Besides avoiding overflow,
+    the shift keeps log Z and E_p[logit] small, so the entropy (their difference) loses no
+    digits to cancellation. A part's sums are short fp32 reductions; they add up in fp64.
     """
 
-    def __init__(self, n_rows: int, width: int, device: torch.device) -> None:
+    def __init__(self, n_slabs: int, n_rows: int, width: int, device: torch.device) -> None:
         self.n_rows, self.width = n_rows, width
-        self.shift = torch.full((n_rows * width,), -torch.inf, device=device)
+        self.shift = torch.empty(n_slabs, n_rows * width, device=device)
         self.sum_exp, self.expect, self.cross = (
-            torch.zeros(n_rows * width, dtype=torch.float64, device=device) for _ in range(3)
+            torch.zeros(n_slabs, n_rows * width, dtype=torch.float64, device=device) for _ in range(3)
         )
 
-    def raise_shift(self, slab_max: torch.Tensor) -> None:
-        """Move every cell's shift up to ``slab_max`` where that is larger, rescaling what is summed."""
-        shift = torch.maximum(self.shift, slab_max)
-        # A cell's first slab has nothing summed yet: no rescale (and no inf * 0).
-        delta = torch.where(torch.isinf(self.shift), 0.0, (shift - self.shift).double())
-        scale = torch.exp(-delta)
-        by_row = (self.n_rows, self.width)
-        # sum e^(l-M)(l-M) over the seen logits, in terms of M' = M + delta:
-        # e^(l-M') (l-M') = e^-delta * e^(l-M) ((l-M) - delta)
-        self.expect.sub_(delta * self.sum_exp).mul_(scale)
-        # The cross sum moves with each row's shift and with the final row's exponentials.
-        final_sum, final_scale = self.sum_exp.view(by_row)[-1], scale.view(by_row)[-1]
-        self.cross.view(by_row).sub_(delta.view(by_row) * final_sum).mul_(final_scale)
-        self.sum_exp.mul_(scale)
-        self.shift = shift
-
-    def add(self, logits: torch.Tensor, buffers: tuple[torch.Tensor, ...]) -> None:
-        """Add a vocab-major slab [rows, cells] of logits, already under the current shift."""
+    def add(self, slab: int, logits: torch.Tensor, buffers: tuple[torch.Tensor, ...]) -> None:
+        """Add a part [rows, cells] of slab ``slab``'s vocab-major logits, after ``shift[slab]`` is set."""
         height = logits.shape[0]
         shifted, exps, product = (buffer[:height] for buffer in buffers)
-        torch.sub(logits, self.shift, out=shifted)
+        torch.sub(logits, self.shift[slab], out=shifted)
         torch.exp(shifted, out=exps)
-        self.sum_exp += exps.sum(0)
-        self.expect += torch.mul(exps, shifted, out=product).sum(0)
+        self.sum_exp[slab] += exps.sum(0)
+        self.expect[slab] += torch.mul(exps, shifted, out=product).sum(0)
         by_row = (height, self.n_rows, self.width)
         final = exps[:, (self.n_rows - 1) * self.width :].unsqueeze(1)
-        self.cross += torch.mul(shifted.view(by_row), final, out=product.view(by_row)).sum(0).view(-1)
+        self.cross[slab] += torch.mul(shifted.view(by_row), final, out=product.view(by_row)).sum(0).view(-1)
 
     def statistics(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """log Z, entropy and KL(final || row), per cell."""
-        log_sum_exp = torch.log(self.sum_exp)
-        entropy = log_sum_exp - self.expect / self.sum_exp
+        shift = self.shift.double()
+        top = shift.amax(0)
+        # Slab i's sums in terms of the largest shift M: e^(l-M) = a_i e^(l-m_i), a_i = e^(m_i-M),
+        # and e^(l-M) (l-M) = a_i e^(l-m_i) ((l-m_i) + (m_i-M)).
+        lift = shift - top
+        scale = torch.exp(lift)
+        sum_exp = (scale * self.sum_exp).sum(0)
+        expect = (scale * (self.expect + lift * self.sum_exp)).sum(0)
+        # The cross sum takes the final row's exponentials (its scale) and each row's shift (its lift).
+        by_row = (-1, self.n_rows, self.width)
+        final_scale, final_sum = scale.view(by_row)[:, -1:], self.sum_exp.view(by_row)[:, -1:]
+        cross = (final_scale * (self.cross.view(by_row) + lift.view(by_row) * final_sum)).sum(0)
+        log_sum_exp = torch.log(sum_exp)
+        entropy = log_sum_exp - expect / sum_exp
         # KL(f || p) = log Z_p - E_f[logit_p] - H(f), all with p's logits shifted by p's maximum.
-        by_row = (self.n_rows, self.width)
-        final_expect = self.cross.view(by_row) / self.sum_exp.view(by_row)[-1]
-        kl = (log_sum_exp.view(by_row) - final_expect - entropy.view(by_row)[-1]).clamp_min_(0)
-        return self.shift.double() + log_sum_exp, entropy, kl
+        final_expect = cross / sum_exp.view(by_row[1:])[-1]
+        kl = (log_sum_exp.view(by_row[1:]) - final_expect - entropy.view(by_row[1:])[-1]).clamp_min_(0)
+        return top + log_sum_exp, entropy, kl
 
 
 def cell_statistics(
@@ -248,7 +245,8 @@ def cell_statistics(
     Each chunk's logits are made slab by slab, and every slab is reduced (block maxima,
     softmax sums, target counts) right after the matmul wrote it, while it is still in
     cache: reading a 150 MB chunk again from memory for each statistic cost more than the
-    matmul. Only the top-k search returns to the chunk, to a few blocks per cell.
+    matmul. Only the top-k search returns to the chunk, to a few blocks per cell. Slabs go
+    to :func:`_slab_threads`, each thread making and reducing whole slabs.
     """
     n_rows, n_pos, _ = normed.shape
     vocab = readout.d_vocab
@@ -269,37 +267,21 @@ def cell_statistics(
     if next_ids is not None:
         next_tokens = torch.as_tensor(list(next_ids), dtype=torch.long, device=device)
         out["next_logits"] = np.empty((n_rows, n_pos), np.float32)
-    scratch = _Scratch(vocab, n_rows, device)
+    threads = _slab_threads(torch.get_num_threads())
+    scratch = _Scratch(vocab, n_rows, device, threads.count)
     for start in range(0, n_pos, block):
         stop = min(start + block, n_pos)
         positions = slice(start, stop)
         width = padded_width(stop - start, n_rows)
         n_cells = n_rows * width
-        padded, block_max, slab = scratch.for_width(width)
+        padded, block_max, parts = scratch.for_width(width)
         # Vocab-major [vocab, cells]: this product runs ~1.5x faster here than [cells, vocab].
         # Cells are row-major: column r * width + j is row r at position start + j.
         logits = padded[:vocab]
         cells = pad_positions(normed[:, positions], width).reshape(n_cells, -1)
-        counts = torch.zeros(len(targets), n_cells, dtype=torch.int32, device=device)
-        sums = _SoftmaxSums(n_rows, width, device)
-        # Ranks are counted as each slab is made, against the targets' logits as the chunk
-        # holds them (the same product in another shape can round differently), so the
-        # slabs that hold a target are made first.
-        slabs = _slabs(padded.shape[0], n_cells)
-        first = [rows for rows in slabs if any(rows.start <= t < rows.stop for t in target_ids)]
-        rest = [rows for rows in slabs if rows not in first]
-        for rows in first:
-            _make_slab(readout, cells, padded, block_max, rows)
-        target_logits = logits[targets]
-        for rows in first + rest:
-            if rows in rest:
-                _make_slab(readout, cells, padded, block_max, rows)
-            sums.raise_shift(block_max[rows.start // TOPK_BLOCK : rows.stop // TOPK_BLOCK].amax(0))
-            # The matmul's slab fits the shared cache; each reduction reads an L2-sized part of it.
-            for part in _slabs(min(rows.stop, vocab), n_cells, REDUCE_BYTES, rows.start):
-                if len(targets):
-                    _count_greater(logits[part], target_logits, counts, slab[-1])
-                sums.add(logits[part], slab[:-1])
+        chunk = _Chunk(readout, cells, padded, block_max, parts, n_rows, target_ids)
+        target_logits = chunk.run(threads, targets)
+        sums, counts = chunk.sums, chunk.counts
         top_values, top_ids = _top_k_columns(padded, block_max, k)
         log_normalizer, entropy, kl = sums.statistics()
         at = (positions, n_rows, width)
@@ -313,8 +295,59 @@ def cell_statistics(
         _store(out, "kl_to_final", kl, *at)
         _store(out, "target_logits", target_logits, *at)
         _store(out, "target_probs", torch.exp(target_logits - log_normalizer), *at)
-        _store(out, "target_ranks", 1 + counts, *at)
+        _store(out, "target_ranks", 1 + counts.sum(0).to(torch.int64), *at)
     return out
+
+
+class _Chunk:
+    """A chunk's slabs, made and reduced on the slab threads; each slab's sums and rank counts have their own slot."""
+
+    def __init__(
+        self,
+        readout: Readout,
+        cells: torch.Tensor,
+        padded: torch.Tensor,
+        block_max: torch.Tensor,
+        parts: list[tuple[torch.Tensor, ...]],
+        n_rows: int,
+        target_ids: Sequence[int],
+    ) -> None:
+        self.readout, self.cells, self.padded, self.block_max = readout, cells, padded, block_max
+        self.parts = parts
+        n_cells = cells.shape[0]
+        self.logits = padded[: readout.d_vocab]
+        self.slabs = _slabs(padded.shape[0], n_cells)
+        self.first = [i for i, rows in enumerate(self.slabs) if any(rows.start <= t < rows.stop for t in target_ids)]
+        self.sums = _SoftmaxSums(len(self.slabs), n_rows, n_cells // n_rows, cells.device)
+        self.counts = torch.zeros(len(self.slabs), len(target_ids), n_cells, device=cells.device)
+
+    def run(self, threads: _SlabThreads, targets: torch.Tensor) -> torch.Tensor:
+        """Every slab's statistics; the targets' logits, [targets, cells].
+
+        Ranks are counted against the targets' logits as the chunk holds them (the same
+        product in another shape can round differently), so the slabs that hold a target
+        are made first.
+        """
+        threads.run(self._make, self.first)
+        self.target_logits = self.logits[targets]
+        threads.run(self._reduce, range(len(self.slabs)))
+        return self.target_logits
+
+    def _make(self, slab: int, thread: int) -> None:
+        _make_slab(self.readout, self.cells, self.padded, self.block_max, self.slabs[slab])
+
+    def _reduce(self, slab: int, thread: int) -> None:
+        rows = self.slabs[slab]
+        if slab not in self.first:
+            self._make(slab, thread)
+        blocks = self.block_max[rows.start // TOPK_BLOCK : rows.stop // TOPK_BLOCK]
+        torch.amax(blocks, 0, out=self.sums.shift[slab])
+        *buffers, greater = self.parts[thread]
+        # The matmul's slab fits the shared cache; each reduction reads an L2-sized part of it.
+        for part in _slabs(min(rows.stop, self.logits.shape[0]), self.cells.shape[0], REDUCE_BYTES, rows.start):
+            if self.counts.shape[1]:
+                _count_greater(self.logits[part], self.target_logits, self.counts[slab], greater)
+            self.sums.add(slab, self.logits[part], tuple(buffers))
 
 
 def _make_slab(
@@ -327,23 +360,81 @@ def _make_slab(
     torch.amax(padded[rows].view(-1, TOPK_BLOCK, cells.shape[0]), 1, out=block_max[blocks])
 
 
-class _Scratch:
-    """Reusable chunk and slab buffers, made once per chunk width (fresh pages cost as much as exp)."""
+class _SlabThreads:
+    """Threads that each make and reduce whole slabs, with one torch intra-op thread apiece.
 
-    def __init__(self, vocab: int, n_rows: int, device: torch.device) -> None:
-        self.vocab, self.n_rows, self.device = vocab, n_rows, device
+    A chunk's reductions are thousands of small ops. Run on torch's own threads, each op is
+    a parallel region that ends in a barrier, and when other processes compete for the
+    cores every barrier waits for whichever thread was descheduled: a 256-token run took
+    65x its quiet time among 6 busy processes, where the floor (a few large matmuls) took
+    8.5x. Here each thread takes the next slab when it is free and never waits for the
+    other until the chunk is done.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.pool = ThreadPoolExecutor(count, thread_name_prefix="lens-slabs") if count > 1 else None
+        if self.pool is not None:
+            threads = torch.get_num_threads()
+            started = threading.Barrier(count)
+
+            def one_intra_op_thread() -> None:
+                # torch sets a thread's count from the default at its first parallel op (or count query):
+                # that happens first, so that putting the default back below leaves this thread at one.
+                torch.get_num_threads()
+                torch.set_num_threads(1)
+                started.wait()  # every task on a thread of its own
+
+            for future in [self.pool.submit(one_intra_op_thread) for _ in range(count)]:
+                future.result()
+            torch.set_num_threads(threads)  # the workers' call also set the default for threads started later
+
+    def run(self, work: Callable[[int, int], None], items: Iterable[int]) -> None:
+        """``work(item, thread)`` for every item, each thread taking the next item when free."""
+        if self.pool is None:
+            for item in items:
+                work(item, 0)
+            return
+        queue = iter(list(items))
+        lock = threading.Lock()
+
+        def drain(thread: int) -> None:
+            while True:
+                with lock:
+                    item = next(queue, None)
+                if item is None:
+                    return
+                work(item, thread)
+
+        for future in [self.pool.submit(drain, thread) for thread in range(self.count)]:
+            future.result()
+
+
+@functools.cache
+def _slab_threads(count: int) -> _SlabThreads:
+    """One set of slab threads per process (and torch thread count), shared by every run."""
+    return _SlabThreads(count)
+
+
+class _Scratch:
+    """Reusable chunk and slab buffers, made once per chunk width (fresh pages cost as much as exp).
+
+    Each slab thread gets its own part buffers: three for the softmax sums and one for the rank counts.
+    """
+
+    def __init__(self, vocab: int, n_rows: int, device: torch.device, threads: int) -> None:
+        self.vocab, self.n_rows, self.device, self.threads = vocab, n_rows, device, threads
         self.padded_vocab = -(-vocab // TOPK_BLOCK) * TOPK_BLOCK
         self.by_width: dict[int, tuple] = {}
 
-    def for_width(self, width: int) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    def for_width(self, width: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
         if width not in self.by_width:
             cells = self.n_rows * width
             height = _slabs(self.padded_vocab, cells, REDUCE_BYTES)[0].stop
-            slab = tuple(torch.empty(height, cells, device=self.device) for _ in range(3))
             self.by_width[width] = (
                 torch.full((self.padded_vocab, cells), -torch.inf, device=self.device),
                 torch.empty(self.padded_vocab // TOPK_BLOCK, cells, device=self.device),
-                (*slab, torch.empty(height, cells, device=self.device)),
+                [tuple(torch.empty(height, cells, device=self.device) for _ in range(4)) for _ in range(self.threads)],
             )
         return self.by_width[width]
 

@@ -93,6 +93,60 @@ def test_single_pass_statistics_equal_a_float64_computation_in_small_chunks_and_
     np.testing.assert_allclose(stats["next_logits"], logits[:, torch.arange(n_positions), next_ids], atol=1e-5)
 
 
+def test_slab_threads_give_one_threads_statistics_bit_for_bit(stories, monkeypatch):
+    """Slabs spread over the slab threads (each on one torch thread) give exactly what one thread gives.
+
+    Each slab's sums have their own slot and are combined in slab order, so which thread
+    took which slab cannot change a digit; torch's thread count is left as it was.
+    """
+    monkeypatch.setattr(engine, "SLAB_BYTES", 4 * 64 * 40 * 2)  # many slabs: two blocks each, at 40 cells
+    monkeypatch.setattr(engine, "REDUCE_BYTES", 4 * 64 * 40)
+    torch.manual_seed(1)
+    normed = torch.randn(5, 8, stories.d_model) * 2
+    targets = [3, stories.d_vocab - 1]
+    ran: set[tuple[int, int]] = set()  # (thread, its torch threads) of every slab made
+    make_slab = engine._make_slab
+
+    def spy(*args) -> None:
+        ran.add((threading.get_ident(), torch.get_num_threads()))
+        make_slab(*args)
+
+    monkeypatch.setattr(engine, "_make_slab", spy)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        spread = engine.cell_statistics(stories.readout, normed, 5, targets, next_ids=list(range(8)))
+        assert {n for _, n in ran} == {1} and threading.get_ident() not in {t for t, _ in ran}
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        ran.clear()
+        alone = engine.cell_statistics(stories.readout, normed, 5, targets, next_ids=list(range(8)))
+        assert ran == {(threading.get_ident(), 1)}
+    finally:
+        torch.set_num_threads(before)
+    assert spread.keys() == alone.keys()
+    for name, values in spread.items():
+        np.testing.assert_array_equal(values, alone[name], err_msg=name)
+
+
+def test_slab_threads_leave_torch_threads_of_later_threads_as_they_were():
+    """A slab thread's one torch thread also set the default of threads started later: it is put back."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    threads = engine._SlabThreads(2)
+    try:
+        seen, inside = [], []
+        later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        threads.run(lambda item, thread: inside.append(torch.get_num_threads()), range(4))
+        assert seen == [2] and torch.get_num_threads() == 2
+        assert inside == [1, 1, 1, 1]
+    finally:
+        threads.pool.shutdown()
+        torch.set_num_threads(before)
+
+
 def test_the_lens_forward_stops_before_the_models_own_logits(gpt2_small_random):
     """run_lens never runs the model's unembedding (a third of a long forward pass), and leaves no hook behind."""
     model, _ = gpt2_small_random
