@@ -27,6 +27,12 @@ SCHEMES: dict[str, tuple[str, ...]] = {
     "cividis": ("#00224e", "#123570", "#3b496c", "#575d6d", "#707173", "#8a8678", "#a59c74", "#c3b369", "#fee838"),
     "plasma": ("#0d0887", "#5302a3", "#8b0aa5", "#b83289", "#db5c68", "#f48849", "#febd2a", "#f0f921"),
 }
+# Vega's "blueorange" diverging scheme (colour-blind safe), as its stops: differences are
+# drawn from these so each label's colour is chosen against the fill Vega really draws.
+DIVERGING = (
+    "#134b85", "#2f78b3", "#5da2cb", "#9dcae1", "#d2e5ef", "#f2f0eb",
+    "#fce0ba", "#fbbf74", "#e8932f", "#c5690d", "#994a07",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,6 @@ def _scale_stops(metric: Metric, domain: tuple[float, float]) -> list[float]:
 
 def fill_colors(values: np.ndarray, metric: Metric, domain: tuple[float, float]) -> np.ndarray:
     """Each value's fill as [n, 3] RGB in 0..255, computed as Vega's piecewise RGB scale does."""
-    stops = np.asarray([_hex_rgb(c) for c in SCHEMES[metric.scheme]], dtype=float)
     low, high = domain
     values = np.asarray(values, dtype=float)
     if metric.log:
@@ -81,7 +86,13 @@ def fill_colors(values: np.ndarray, metric: Metric, domain: tuple[float, float])
         position = 1 - position
     else:
         position = (values - low) / (high - low)
-    scaled = np.clip(position, 0, 1) * (len(stops) - 1)
+    return ramp(SCHEMES[metric.scheme], position)
+
+
+def ramp(colors: Sequence[str], position: np.ndarray) -> np.ndarray:
+    """[n, 3] RGB at fractions 0..1 along evenly spaced colour stops, interpolated in RGB."""
+    stops = np.asarray([_hex_rgb(c) for c in colors], dtype=float)
+    scaled = np.clip(np.asarray(position, dtype=float), 0, 1) * (len(stops) - 1)
     index = np.minimum(np.floor(scaled).astype(int), len(stops) - 2)
     fraction = (scaled - index)[:, None]
     return np.rint(stops[index] + (stops[index + 1] - stops[index]) * fraction)
@@ -278,7 +289,8 @@ def difference_heatmap(
     """B − A of a metric over the last ``width`` positions of two runs of equal depth.
 
     Diverging blue–orange (colour-blind safe), centred on 0 with a symmetric domain, so
-    white means no difference. Ranks are compared as log10(rank).
+    near-white means no difference. Ranks are compared as log10(rank). Labels are black or
+    white against the fill they sit on, with the precision the scale needs.
     """
     info = METRICS[metric]
     values_a, values_b = metric_values(a, metric, targets[0]), metric_values(b, metric, targets[1])
@@ -299,27 +311,55 @@ def difference_heatmap(
             "value": diff.ravel(),
         }
     )
-    frame["label"] = [f"{v:+.2f}" for v in frame.value]
     bound = max(float(np.abs(diff).max()), 1e-6)
+    fills = ramp(DIVERGING, (frame.value.to_numpy() + bound) / (2 * bound))
+    frame["label"] = signed_labels(frame.value.to_numpy(), bound)
+    frame["label_color"] = label_colors(fills)
     quantity = f"log10 {info.title.split(' (')[0].lower()}" if info.log else info.title
     title = f"Difference: {labels[1]} − {labels[0]}"
     base = _grid(columns, a.layers, "position from the end (A|B tokens)")
     color = alt.Color(
         "value:Q",
         title=f"Δ {quantity}",
-        scale=alt.Scale(scheme="blueorange", domain=[-bound, bound], domainMid=0),
-        legend=alt.Legend(orient="top", gradientLength=220),
+        scale=alt.Scale(
+            domain=list(np.linspace(-bound, bound, len(DIVERGING))), range=list(DIVERGING), interpolate="rgb"
+        ),
+        legend=alt.Legend(orient="top", gradientLength=220, format=signed_format(bound), values=[-bound, 0, bound]),
     )
-    tooltip = ["layer:N", "column:N", alt.Tooltip("value:Q", title=f"Δ {quantity}", format="+.4f")]
+    tooltip = ["layer:N", "column:N", alt.Tooltip("value:Q", title=f"Δ {quantity}", format="+.4~g")]
     cells = base.mark_rect(stroke="white", strokeWidth=0.5).encode(color=color, tooltip=tooltip)
     text = base.mark_text(fontSize=10, limit=46).encode(
-        text="label:N",
-        color=alt.condition(f"abs(datum.value) > {0.6 * bound}", alt.value("white"), alt.value("black")),
-        tooltip=tooltip,
+        text="label:N", fill=alt.Fill("label_color:N", scale=None), tooltip=tooltip
     )
     return alt.layer(cells, text, data=frame).properties(
         width=max(300, 52 * width), height=max(120, 26 * a.n_rows), title=title, autosize=PAD
     )
+
+
+def signed_format(bound: float) -> str:
+    """A d3 format with the precision the scale needs: two significant figures of its largest value.
+
+    Fixed decimals down to ±0.01; below, scientific notation (a difference of ±0.0004 in
+    fixed two decimals would read "+0.00" in every cell).
+    """
+    if bound >= 0.1:
+        return "+.2f"
+    if bound >= 0.01:
+        return "+.3f"
+    return "+.1e"
+
+
+def signed_labels(values: np.ndarray, bound: float) -> list[str]:
+    """Cell labels in :func:`signed_format`, exponents shortened ("+4.0e-4")."""
+    spec = signed_format(bound)[1:]
+    out = []
+    for v in np.asarray(values, dtype=float):
+        text = format(v, "+" + spec)
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            text = "0" if v == 0 else f"{mantissa}e{int(exponent)}"
+        out.append(text)
+    return out
 
 
 def export_title(heading: str, lines: Sequence[str]) -> alt.TitleParams:
