@@ -442,9 +442,9 @@ def trajectory_chart(result: LensResult, position: int, measure: str = "probabil
 
 
 # Okabe & Ito's palette: told apart in the common colour-vision deficiencies. Lines also
-# differ by point shape and dash, so no two are distinguished by colour alone.
-# Yellow, faint on white, comes last: only an eighth line uses it (with its own marker and dash).
-LINE_COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
+# differ by point shape and dash, so no two are distinguished by colour alone. Its yellow
+# is faint on white: Paul Tol's wine takes its place as the eighth.
+LINE_COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#882255"]
 LINE_SHAPES = [
     "circle",
     "square",
@@ -460,9 +460,9 @@ MAX_LINES = len(LINE_COLORS)
 
 
 def _line_style(field: str, title: str, names: Sequence[str], columns: int = 2) -> dict[str, alt.SchemaBase]:
-    """Colour, point shape and dash pattern, all keyed on one field, with one legend."""
+    """Colour, point shape and dash pattern, all keyed on one field, with one legend whose labels are never cut."""
     domain = list(dict.fromkeys(names))
-    legend = alt.Legend(orient="top", columns=columns, labelLimit=220, symbolStrokeWidth=2, symbolSize=90)
+    legend = alt.Legend(orient="top", columns=columns, labelLimit=0, symbolStrokeWidth=2, symbolSize=90)
     n = len(domain)
     return {
         "color": alt.Color(
@@ -495,18 +495,30 @@ def _lines(
     log = measure == "rank"
     y_scale = alt.Scale(type="log", reverse=True) if log else alt.Scale(zero=measure == "probability")
     y = alt.Y("value:Q", title=MEASURES[measure], scale=y_scale)
+    tooltip = [f"{color_field}:N", "layer:N", alt.Tooltip("value:Q", format=".4g")]
+    return styled_lines(
+        frame, _depth_axis(layers, relative), y, color_field, color_title, tooltip, legend_columns
+    ).properties(width=480, height=300, title=title, autosize=PAD)
+
+
+def _depth_axis(layers: Sequence[str], relative: bool) -> alt.X:
+    """Layers left to right, or (``relative``, column ``depth``) their fraction of the model's depth."""
     if relative:
-        x = alt.X(
+        return alt.X(
             "depth:Q", title="relative depth (layer / number of layers; 1 = output)", scale=alt.Scale(domain=[0, 1])
         )
-    else:
-        x = alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40))
-    style = _line_style(color_field, color_title, frame[color_field], legend_columns)
-    tooltip = [f"{color_field}:N", "layer:N", alt.Tooltip("value:Q", format=".4g")]
+    return alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40))
+
+
+def styled_lines(
+    frame: pd.DataFrame, x: alt.X, y: alt.Y, field: str, title: str | None, tooltip: list, legend_columns: int = 1
+) -> alt.LayerChart:
+    """One line per value of ``field``, told apart by colour, dash and marker, with one full legend."""
+    style = _line_style(field, title, frame[field], legend_columns)
     base = alt.Chart().encode(x=x, y=y, color=style["color"], tooltip=tooltip)
     lines = base.mark_line(strokeWidth=2).encode(strokeDash=style["strokeDash"])
     points = base.mark_point(filled=True, size=60, opacity=1).encode(shape=style["shape"])
-    return alt.layer(lines, points, data=frame).properties(width=480, height=300, title=title, autosize=PAD)
+    return alt.layer(lines, points, data=frame)
 
 
 def compare_trajectory_chart(
@@ -539,18 +551,12 @@ def compare_trajectory_chart(
     )
 
 
-def divergence_chart(frame: pd.DataFrame, layers: Sequence[str], title: str, axis_title: str) -> alt.Chart:
-    """Per-layer divergence lines; ``frame`` has columns pair, layer, value."""
-    return (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40)),
-            y=alt.Y("value:Q", title=axis_title),
-            color=alt.Color("pair:N", title="compared", legend=alt.Legend(orient="top", columns=1, labelLimit=220)),
-            tooltip=["pair:N", "layer:O", alt.Tooltip("value:Q", format=".4f")],
-        )
-        .properties(width=520, height=280, title=title, autosize=PAD)
+def divergence_chart(frame: pd.DataFrame, layers: Sequence[str], title: str, axis_title: str) -> alt.LayerChart:
+    """Per-layer divergence lines; ``frame`` has columns pair, layer, value (pair names must be distinct)."""
+    tooltip = ["pair:N", "layer:N", alt.Tooltip("value:Q", format=".4f")]
+    y = alt.Y("value:Q", title=axis_title)
+    return styled_lines(frame, _depth_axis(layers, False), y, "pair", "compared", tooltip).properties(
+        width=520, height=280, title=title, autosize=PAD
     )
 
 
@@ -564,26 +570,26 @@ CORPUS_METRICS = {
 }
 
 
-def corpus_chart(frame: pd.DataFrame, metric: str) -> alt.Chart:
-    """One corpus metric against depth; one line per ``source`` (model or lens) in the frame."""
-    data = frame.assign(depth=frame.groupby("source").cumcount())
+def corpus_chart(frame: pd.DataFrame, metric: str) -> alt.LayerChart:
+    """One corpus metric against depth; one line per ``source`` (model or lens) in the frame.
+
+    Sources of different depth go on a relative-depth axis (each output at 1), as in Compare.
+    """
+    depths = frame.groupby("source", sort=False)["layer"].transform(lambda names: relative_depths(list(names)))
+    data = frame.assign(depth=depths.astype(float))
+    relative = data.groupby("source", sort=False).size().nunique() > 1
+    layers = list(max((list(g.layer) for _, g in data.groupby("source", sort=False)), key=len))
     percent = metric.startswith("top1")
-    return (
-        alt.Chart(data)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("depth:O", title="layer (0 = first block; last = output)"),
-            # d3's bare "%" prints six decimals ("0.000000%") and "~g" writes 10 as "1e+1".
-            y=alt.Y(f"{metric}:Q", title=CORPUS_METRICS[metric], axis=alt.Axis(format=".0%" if percent else ",~r")),
-            color=alt.Color("source:N", title=None, legend=alt.Legend(orient="top", labelLimit=300)),
-            tooltip=[
-                "source:N",
-                "layer:N",
-                alt.Tooltip(f"{metric}:Q", format=".1%" if percent else ".4g"),
-                alt.Tooltip("n_tokens:Q", format=","),
-            ],
-        )
-        .properties(width=360, height=220, title=CORPUS_METRICS[metric], autosize=PAD)
+    # d3's bare "%" prints six decimals ("0.000000%") and "~g" writes 10 as "1e+1".
+    y = alt.Y(f"{metric}:Q", title=CORPUS_METRICS[metric], axis=alt.Axis(format=".0%" if percent else ",~r"))
+    tooltip = [
+        "source:N",
+        "layer:N",
+        alt.Tooltip(f"{metric}:Q", format=".1%" if percent else ".4g"),
+        alt.Tooltip("n_tokens:Q", format=","),
+    ]
+    return styled_lines(data, _depth_axis(layers, relative), y, "source", None, tooltip).properties(
+        width=360, height=220, title=CORPUS_METRICS[metric], autosize=PAD
     )
 
 

@@ -199,13 +199,13 @@ with right:
         for label in labels[1:]:
             divergence = js_divergence(log_probs[reference], log_probs[label])
             rows += [
-                {"pair": f"{reference} vs {label}", "layer": layer, "value": float(v)}
+                {"pair": label, "layer": layer, "value": float(v)}
                 for layer, v in zip(results[reference].layers, divergence, strict=True)
             ]
         divergence_chart = charts.divergence_chart(
             pd.DataFrame(rows),
             results[reference].layers,
-            "Jensen–Shannon divergence, last position",
+            f"Jensen–Shannon divergence from {reference.split(' ')[0] if mode == 'prompts' else reference}",
             "JS divergence (bits)",
         )
         st.altair_chart(charts.stretched(divergence_chart), width="stretch")

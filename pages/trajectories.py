@@ -6,10 +6,6 @@ from lens import charts
 from ui import page
 
 page.run_through_app()
-st.html(
-    "<style>.st-key-trajectory_row [data-testid=stHorizontalBlock] { flex-wrap: wrap; }"
-    ".st-key-trajectory_row [data-testid=stColumn] { min-width: min(100%, 360px); }</style>"
-)
 st.title("Token trajectories")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -79,9 +75,9 @@ traced = page.with_targets(page.query(ctx.settings), followed, ctx.settings.top_
 for warning in traced.warnings:
     st.warning(warning)
 chart = charts.trajectory_chart(traced, position, measure, title=f"Position {position}: {result.tokens[position]}")
-with st.container(key="trajectory_row"):
-    left, right = st.columns([3, 2], gap="medium")
-left.altair_chart(charts.stretched(chart), width="stretch")
+st.altair_chart(charts.stretched(chart), width="stretch")
+# The table below the chart, as wide as the page: every followed token, in the legend's order.
 table = charts.trajectory_frame(traced, position, measure).pivot(index="layer", columns="token", values="value")
-right.dataframe(table.reindex(reversed(traced.layers)), height=min(600, 38 + 35 * traced.n_rows))
+table = table.reindex(index=list(reversed(traced.layers)), columns=list(dict.fromkeys(traced.targets)))
+st.dataframe(table, height=min(600, 38 + 35 * traced.n_rows), width="stretch")
 page.export_buttons(traced, chart, "trajectories", heading=f"Token trajectories at position {position}")
