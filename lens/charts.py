@@ -168,7 +168,7 @@ def heatmap_frame(
     return frame[keep + [f"top {k + 1}" for k in range(result.top_k)]].reset_index(drop=True)
 
 
-def _grid(columns: Sequence[str], layers: Sequence[str], x_title: str) -> alt.Chart:
+def _grid(columns: Sequence[str], layers: Sequence[str], x_title: str, layer_axis: bool = True) -> alt.Chart:
     """A layer × position grid (output row on top) with no data: data goes on the layer, since
     Altair hashes per-layer frames slowly."""
     x = alt.X(
@@ -177,7 +177,15 @@ def _grid(columns: Sequence[str], layers: Sequence[str], x_title: str) -> alt.Ch
         title=x_title,
         axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
     )
-    return alt.Chart().encode(x=x, y=alt.Y("layer:O", sort=list(reversed(layers)), title="layer"))
+    return alt.Chart().encode(x=x, y=_layer_y(layers, layer_axis))
+
+
+def _layer_y(layers: Sequence[str], axis: bool) -> alt.Y:
+    return alt.Y("layer:O", sort=list(reversed(layers)), title="layer", axis=alt.Axis() if axis else None)
+
+
+def heatmap_height(n_rows: int) -> int:
+    return max(120, 26 * n_rows)
 
 
 def heatmap(
@@ -190,11 +198,15 @@ def heatmap(
     selected: tuple[int, int] | None = None,
     selectable: bool = True,
     title: str | None = None,
+    axes_apart: bool = False,
 ) -> alt.LayerChart:
     """Rows are layers (output at the top), columns input tokens; each cell shows its top-1 guess.
 
     When ``selectable``, clicking a cell selects it (selection ``cell``, fields row and
     position) and ``selected`` is outlined; charts drawn together must not all be selectable.
+    With ``axes_apart`` the chart has neither layer axis nor legend: a page that lets a wide
+    heatmap scroll draws :func:`layer_axis` and :func:`colour_legend` outside the scrolling
+    frame, so they stay in view wherever it is scrolled.
     """
     info = METRICS[metric]
     domain = color_domain or default_domain(info, metric_values(result, metric, target))
@@ -208,17 +220,8 @@ def heatmap(
         alt.Tooltip("value:Q", title=info.title, format=".3g"),
         *[alt.Tooltip(f"top {k + 1}:N") for k in range(result.top_k)],
     ]
-    base = _grid(columns, result.layers, "input token (position)")
-    scale = alt.Scale(
-        type="log" if info.log else "linear",
-        domain=_scale_stops(info, domain),
-        range=list(SCHEMES[info.scheme]),
-        interpolate="rgb",
-        clamp=True,
-        nice=False,
-        zero=False,
-    )
-    color = alt.Color("value:Q", title=info.title, scale=scale, legend=alt.Legend(orient="top", gradientLength=220))
+    base = _grid(columns, result.layers, "input token (position)", layer_axis=not axes_apart)
+    color = _metric_color(info, domain, legend=not axes_apart)
     cells = base.mark_rect(stroke="white", strokeWidth=0.5).encode(color=color, tooltip=tooltip)
     labels = base.mark_text(fontSize=11, limit=CELL_WIDTH - 4).encode(
         text="top1:N", fill=alt.Fill("label_color:N", scale=None), tooltip=tooltip
@@ -238,8 +241,44 @@ def heatmap(
         ]
     chart = alt.layer(*layers, data=frame)
     width = max(300, CELL_WIDTH * len(columns))
-    height = max(120, 26 * result.n_rows)
-    return chart.properties(width=width, height=height, title=title or "", autosize=PAD)
+    return chart.properties(width=width, height=heatmap_height(result.n_rows), title=title or "", autosize=PAD)
+
+
+def _metric_color(info: Metric, domain: tuple[float, float], legend: bool = True) -> alt.Color:
+    scale = alt.Scale(
+        type="log" if info.log else "linear",
+        domain=_scale_stops(info, domain),
+        range=list(SCHEMES[info.scheme]),
+        interpolate="rgb",
+        clamp=True,
+        nice=False,
+        zero=False,
+    )
+    shown = alt.Legend(orient="top", gradientLength=220) if legend else None
+    return alt.Color("value:Q", title=info.title, scale=scale, legend=shown)
+
+
+def colour_legend(metric: str, domain: tuple[float, float]) -> alt.Chart:
+    """The heatmap's colour scale on its own (drawn above a heatmap made with ``axes_apart``)."""
+    info = METRICS[metric]
+    stops = pd.DataFrame({"value": _scale_stops(info, domain)})
+    return (
+        alt.Chart(stops)
+        .mark_point(opacity=0, size=0)
+        .encode(color=_metric_color(info, domain))
+        .properties(width=1, height=1, autosize=PAD)
+    )
+
+
+def layer_axis(layers: Sequence[str]) -> alt.Chart:
+    """The heatmap's layer names on their own, as tall as its rows (drawn left of a heatmap made
+    with ``axes_apart``, top-aligned: neither has a title or legend above its rows)."""
+    return (
+        alt.Chart(pd.DataFrame({"layer": list(layers)}))
+        .mark_rect(opacity=0)
+        .encode(y=_layer_y(layers, True))
+        .properties(width=1, height=heatmap_height(len(layers)), autosize=PAD)
+    )
 
 
 def _with_label_limit(chart: alt.LayerChart, limit: float | alt.ExprRef) -> alt.LayerChart:
@@ -332,7 +371,7 @@ def difference_heatmap(
         text="label:N", fill=alt.Fill("label_color:N", scale=None), tooltip=tooltip
     )
     return alt.layer(cells, text, data=frame).properties(
-        width=max(300, 52 * width), height=max(120, 26 * a.n_rows), title=title, autosize=PAD
+        width=max(300, 52 * width), height=heatmap_height(a.n_rows), title=title, autosize=PAD
     )
 
 
