@@ -3,6 +3,8 @@
 Importable without Streamlit; the dashboard and the CLI are thin layers over this.
 """
 
+__version__ = "0.1.0"  # as in pyproject.toml; JSON exports record it
+
 from lens.attribution import Attribution, attribute
 from lens.corpus import corpus_stats
 from lens.engine import lens_rows, resolve_targets, retarget, run_lens, tokenize_prompt, tokenize_target

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lens.engine import Row, lens_rows, tokenize_prompt, tokenize_target
+from lens.engine import Row, lens_rows, prompt_text, tokenize_prompt, tokenize_target
 from lens.errors import LensError
 from lens.model import LensModel
 
@@ -342,7 +342,7 @@ def _position(n_positions: int, position: int) -> int:
 
 def cell_writes(
     model: LensModel,
-    prompt: str,
+    prompt: str | Sequence[int],
     *,
     position: int,
     row: int | str | None = None,
@@ -408,7 +408,7 @@ def cell_writes(
         )
     return CellWrites(
         model_name=model.name,
-        prompt=prompt,
+        prompt=prompt_text(model, prompt),
         tokens=model.token_name.many(token_ids),
         token_ids=token_ids,
         position=position,
@@ -547,7 +547,7 @@ def _lens_map(model: LensModel, lens, row: Row, is_output: bool) -> Callable[[to
 
 def attribute(
     model: LensModel,
-    prompt: str,
+    prompt: str | Sequence[int],
     *,
     position: int,
     target: str | int,

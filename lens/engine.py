@@ -90,8 +90,14 @@ def check_text(text: object, what: str) -> None:
         ) from exc
 
 
-def tokenize_prompt(model: LensModel, prompt: str, prepend_bos: bool | None = None) -> list[int]:
-    """The exact ids the model will be fed, after checking the prompt is usable."""
+def tokenize_prompt(model: LensModel, prompt: str | Sequence[int], prepend_bos: bool | None = None) -> list[int]:
+    """The exact ids the model will be fed, after checking the prompt is usable.
+
+    A list of token ids is fed as it is (``prepend_bos`` is then ignored): a snippet that
+    reproduces a page names its prompt by ids, which no re-tokenizing can change.
+    """
+    if isinstance(prompt, (list, tuple)):
+        return _check_ids(model, prompt)
     check_text(prompt, "The prompt")
     if not prompt.strip():
         raise LensError("The prompt is empty: type some text to look at.")
@@ -103,6 +109,31 @@ def tokenize_prompt(model: LensModel, prompt: str, prepend_bos: bool | None = No
     if len(ids) > model.n_ctx:
         raise LensError(f"The prompt is {len(ids)} tokens long; model '{model.name}' reads at most {model.n_ctx}.")
     return ids
+
+
+def _check_ids(model: LensModel, ids: Sequence[int]) -> list[int]:
+    if not ids:
+        raise LensError("The prompt is empty: give at least one token id.")
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        raise LensError("A prompt given as a list must hold whole-number token ids.")
+    bad = next((int(i) for i in ids if not 0 <= int(i) < model.d_vocab), None)
+    if bad is not None:
+        raise LensError(f"Token id {bad} is outside the vocabulary (0 to {model.d_vocab - 1}).")
+    if len(ids) > model.n_ctx:
+        raise LensError(f"The prompt is {len(ids)} tokens long; model '{model.name}' reads at most {model.n_ctx}.")
+    return [int(i) for i in ids]
+
+
+def prompt_text(model: LensModel, prompt: str | Sequence[int]) -> str:
+    """The prompt as text: as typed, or the decoded ids."""
+    return prompt if isinstance(prompt, str) else model.tokenizer.decode(list(prompt))
+
+
+def fed_bos(model: LensModel, prompt: str | Sequence[int], token_ids: Sequence[int], prepend_bos: bool | None) -> bool:
+    """Whether a start token was read first: the setting for text, the ids themselves for ids."""
+    if isinstance(prompt, str):
+        return uses_bos(model, prepend_bos)
+    return model.tokenizer.bos_token_id is not None and token_ids[0] == model.tokenizer.bos_token_id
 
 
 def tokenize_target(model: LensModel, target: str | int) -> list[int]:
@@ -465,7 +496,7 @@ class _Scratch:
 
 def run_lens(
     model: LensModel | NnsightModel,
-    prompt: str,
+    prompt: str | Sequence[int],
     *,
     top_k: int = 10,
     targets: Sequence[str | int] = (),
@@ -477,6 +508,7 @@ def run_lens(
 ) -> LensResult:
     """Read the model's next-token distribution after every residual point of ``prompt``.
 
+    ``prompt`` is text or a list of token ids (fed as they are).
     ``prepend_bos=None`` follows the model's default. ``keep_unembed_input`` keeps the
     final-norm outputs in the result so :func:`retarget` can add targets without a
     forward pass. ``lens`` is a tuned lens; None reads the residual stream directly.
@@ -510,7 +542,7 @@ def run_lens(
     stats = cell_statistics(model, normed, int(top_k), target_ids)
     result = LensResult(
         model_name=model.name,
-        prompt=prompt,
+        prompt=prompt_text(model, prompt),
         tokens=model.token_name.many(token_ids),
         token_ids=token_ids,
         layers=[r.label for r in rows],
@@ -519,7 +551,7 @@ def run_lens(
         targets=target_names,
         target_ids=target_ids,
         lens_kind="logit" if lens is None else "tuned",
-        prepend_bos=uses_bos(model, prepend_bos),
+        prepend_bos=fed_bos(model, prompt, token_ids, prepend_bos),
         warnings=warnings,
         unembed_input=normed.cpu().numpy() if keep_unembed_input else None,
         **stats,

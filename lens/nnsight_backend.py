@@ -306,7 +306,7 @@ def payload_bytes(n_rows: int, n_positions: int, top_k: int, n_targets: int) -> 
 
 def run_lens_nnsight(
     model: NnsightModel,
-    prompt: str,
+    prompt: str | Sequence[int],
     *,
     top_k: int = 10,
     targets: Sequence[str | int] = (),
@@ -317,7 +317,7 @@ def run_lens_nnsight(
     progress: Progress | None = None,
 ) -> LensResult:
     """``run_lens`` for an nnsight model (it checks ``top_k``): tokenizing and labelling here, the lens in the trace."""
-    from lens.engine import _names_array, lens_rows, resolve_targets, tokenize_prompt, uses_bos
+    from lens.engine import _names_array, fed_bos, lens_rows, prompt_text, resolve_targets, tokenize_prompt
 
     if lens is not None:
         raise LensError("A tuned lens runs on the TransformerLens backend only; load the model locally to use one.")
@@ -339,7 +339,7 @@ def run_lens_nnsight(
         stats[name] = stats[name].astype(np.int64)
     return LensResult(
         model_name=model.name,
-        prompt=prompt,
+        prompt=prompt_text(model, prompt),
         tokens=model.token_name.many(token_ids),
         token_ids=token_ids,
         layers=[r.label for r in rows],
@@ -347,7 +347,7 @@ def run_lens_nnsight(
         top_tokens=_names_array(model, stats.pop("top_ids"), stats),
         targets=target_names,
         target_ids=target_ids,
-        prepend_bos=uses_bos(model, prepend_bos),
+        prepend_bos=fed_bos(model, prompt, token_ids, prepend_bos),
         warnings=warnings,
         **stats,
     )

@@ -11,7 +11,8 @@ from lens import attribution_charts as charts
 from lens import charts as lens_charts
 from lens.attribution import CellWrites, cell_writes, head_attention, token_text
 from lens.exports import safe_csv
-from ui import cached, exports, page
+from lens.provenance import Run, View
+from ui import cached, exports, page, reproduce
 
 
 @st.cache_data(max_entries=32, show_spinner=False)
@@ -196,11 +197,22 @@ st.dataframe(table, hide_index=True, width="stretch")
 explained = attribution.writes
 target_named = attribution.target + (f" − {attribution.contrast}" if attribution.contrast else "")
 lines = exports.describe_run(explained.model_name, explained.lens_kind, explained.prompt, [target_named])
+run = Run(query.model_name, tuple(explained.token_ids), query.prompt, query.lens_source)
+view = View(
+    "attribution",
+    (run,),
+    points=tuple(ctx.settings.points),
+    row=row,
+    position=position,
+    target=attribution.target_id,
+    contrast=attribution.contrast_id,
+)
 exports.buttons(
     "attribution",
     safe_csv(attribution.to_frame()).encode(),
-    attribution.to_json(),
+    reproduce.with_provenance(attribution.to_json(), view),
     exports.titled(charts.layer_bars(attribution, width=560), f"Attribution at {explained.row}", lines),
     csv_help="One row per part (embedding, head, MLP, biases): its contribution; they add up to the logit.",
     json_help="The parts with their context: model, prompt, cell, target and contrast.",
 )
+reproduce.offer(view)

@@ -6,7 +6,8 @@ import streamlit as st
 import lens
 from lens import charts
 from lens.compare import js_divergence, same_vocabulary, token_text
-from ui import cached, config, exports, lenses, ndif, page
+from lens.provenance import Run, View
+from ui import cached, config, exports, lenses, ndif, page, reproduce
 
 page.run_through_app()
 st.title("Compare")
@@ -211,6 +212,16 @@ with right:
         st.altair_chart(charts.stretched(divergence_chart), width="stretch")
         lines.append(divergence_chart)
 
+view = View(
+    "compare",
+    tuple(
+        Run(q.model_name, tuple(results[label].token_ids), q.prompt, q.lens_source, (targets[label],), label)
+        for label, q in runs.items()
+    ),
+    top_k=s.top_k,
+    points=tuple(s.points),
+    settings={"metric": metric, "positions_from_end": width, "measure": measure},
+)
 csv, json_text = exports.comparison_files(results)
 subtitle = [
     " · ".join(exports.describe(r))
@@ -219,4 +230,5 @@ subtitle = [
     for label, r in results.items()
 ]
 figure = charts.comparison_figure(figures, lines, charts.export_title(f"Compare: {info.title}", subtitle))
-exports.buttons("compare", csv, json_text, figure)
+exports.buttons("compare", csv, reproduce.with_provenance(json_text, view), figure)
+reproduce.offer(view)

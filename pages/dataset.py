@@ -5,7 +5,8 @@ import streamlit as st
 
 from lens import charts
 from lens.exports import safe_csv
-from ui import config, corpus_input, page
+from lens.provenance import Run, View
+from ui import config, corpus_input, page, reproduce
 
 URL_TEXT_LIMIT = 2000  # characters of pasted text kept in the page's link
 
@@ -84,7 +85,7 @@ readings = [
     *([(s.model_name, s.lens_source)] if s.lens_source else []),
     *([(second, None)] if second else []),
 ]
-frames = []
+frames, read = [], []
 for index, (model_name, lens_source) in enumerate(readings):
     if page.load_model(model_name) is None:
         continue
@@ -97,6 +98,7 @@ for index, (model_name, lens_source) in enumerate(readings):
     if frame.attrs.get("capped"):
         st.warning(f"{label}: only the first {limit:,} tokens were read (this server's cap, LENS_MAX_CORPUS_TOKENS).")
     frames.append(frame.assign(source=label))
+    read.append(Run(model_name, (), "", lens_source, label=label))
 if not frames:
     st.stop()
 
@@ -119,3 +121,4 @@ st.download_button(
     key="corpus_csv",
     on_click="ignore",
 )
+reproduce.offer(View("dataset", tuple(read), points=tuple(s.points), texts=tuple(texts), max_tokens=limit))

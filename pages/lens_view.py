@@ -55,4 +55,5 @@ if st.button("Why this token?", key="why", help="Which layers, heads and MLPs pu
     cell = {"attr_row": result.layers[row], "attr_position": charts.column_labels(result)[position]}
     cell["attr_target"] = token_text(ctx.model, int(result.top_ids[row, position, 0]))
     st.switch_page("pages/attribution.py", query_params=cell)  # the sidebar's own settings stay in the URL
-page.export_buttons(result, chart, "logit-lens")
+shown = {"metric": metric, "positions": (window[0], window[1] - 1), "cell": (result.layers[row], position)}
+page.export_buttons(result, chart, "logit-lens", shown=shown)

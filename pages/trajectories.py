@@ -80,4 +80,10 @@ st.altair_chart(charts.stretched(chart), width="stretch")
 table = charts.trajectory_frame(traced, position, measure).pivot(index="layer", columns="token", values="value")
 table = table.reindex(index=list(reversed(traced.layers)), columns=list(dict.fromkeys(traced.targets)))
 st.dataframe(table, height=min(600, 38 + 35 * traced.n_rows), width="stretch")
-page.export_buttons(traced, chart, "trajectories", heading=f"Token trajectories at position {position}")
+page.export_buttons(
+    traced,
+    chart,
+    "trajectories",
+    heading=f"Token trajectories at position {position}",
+    shown={"position": position, "measure": measure},
+)

@@ -20,7 +20,7 @@ import streamlit as st
 
 import lens
 from lens import charts
-from lens.exports import safe_csv
+from lens.exports import comparison_frame, safe_csv
 from ui import config
 
 
@@ -51,27 +51,12 @@ def result_files(result: lens.LensResult) -> tuple[bytes, str]:
 
 
 def comparison_files(results: Mapping[str, lens.LensResult]) -> tuple[bytes, str]:
-    """CSV and JSON of every compared run: a ``run`` column, and a JSON list of runs.
-
-    Each run keeps its own target columns; ``target*`` columns repeat its first target
-    under one name, so runs whose models name the token differently stay in one column.
-    """
-    frames = []
-    for label, result in results.items():
-        frame = result.to_frame()
-        if result.targets:
-            frame.insert(0, "target", result.targets[0])
-            frame["target_prob"] = result.target_probs[0].ravel()
-            frame["target_rank"] = result.target_ranks[0].ravel()
-        frame.insert(0, "run", label)
-        frames.append(frame)
+    """CSV and JSON of every compared run: a ``run`` column (lens.exports.comparison_frame), and a JSON list of runs."""
     runs = [
         {"run": label, "result": json.loads(result.to_json(include_unembed_input=False))}
         for label, result in results.items()
     ]
-    return safe_csv(pd.concat(frames, ignore_index=True)).encode(), json.dumps(
-        {"runs": runs}, ensure_ascii=False
-    )
+    return safe_csv(comparison_frame(results)).encode(), json.dumps({"runs": runs}, ensure_ascii=False)
 
 
 def _render(spec: str, digest: str, key: str) -> None:

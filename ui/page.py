@@ -18,7 +18,8 @@ import streamlit as st
 
 import lens
 from lens import charts
-from ui import cached, config, exports, links, ndif
+from lens.provenance import Run, View
+from ui import cached, config, exports, links, ndif, reproduce
 from ui.sidebar import Settings
 
 T = TypeVar("T")
@@ -343,8 +344,15 @@ def measure_picker(key: str, label: str = "Measure") -> str:
     )
 
 
-def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str, heading: str | None = None) -> None:
-    """Downloads of the result (CSV, JSON) and the chart (PNG, SVG) as the screen shows them.
+def export_buttons(
+    result: lens.LensResult,
+    chart: alt.TopLevelMixin,
+    stem: str,
+    heading: str | None = None,
+    shown: dict[str, object] | None = None,
+) -> None:
+    """Downloads of the result (CSV, JSON) and the chart (PNG, SVG) as the screen shows them, and
+    the Python that remakes them. ``shown`` names display settings (metric, window) for both.
 
     A target typed in the sidebar goes into the files even when the chart isn't coloured by it.
     """
@@ -354,7 +362,12 @@ def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str,
             result = with_targets(query(s), [s.target], s.top_k)
     csv, json_text = exports.result_files(result)
     heading = heading or f"{result.lens_kind.capitalize()} lens"
-    exports.buttons(stem, csv, json_text, exports.titled(chart, heading, exports.describe(result)))
+    run = Run(s.model_name, tuple(result.token_ids), result.prompt, s.lens_source, tuple(result.target_ids))
+    view = View("lens", (run,), top_k=s.top_k, points=tuple(s.points), settings=shown or {}, stem=stem)
+    exports.buttons(
+        stem, csv, reproduce.with_provenance(json_text, view), exports.titled(chart, heading, exports.describe(result))
+    )
+    reproduce.offer(view)
 
 
 def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | None:
