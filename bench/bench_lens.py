@@ -37,7 +37,7 @@ TARGET = " the"
 def naive(model, prompt: str, hf=None) -> None:
     import torch
 
-    from lens.engine import lens_rows
+    from lens.backend import lens_rows
 
     hooks = [r.hook for r in lens_rows(model)]
     tokens = torch.tensor([model.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
@@ -74,7 +74,7 @@ def bare_unembed(model, normed) -> None:
         x = pad_positions(chunk, padded_width(chunk.shape[1], n_rows)).reshape(-1, d_model)
         if x.shape[0] not in outputs:
             outputs[x.shape[0]] = torch.zeros(model.d_vocab, x.shape[0])
-        torch.mm(model.unembed_rows, x.t(), out=outputs[x.shape[0]])
+        torch.mm(model.readout.unembed_rows, x.t(), out=outputs[x.shape[0]])
 
 
 def hf_normed(model, prompt: str, hf):
@@ -93,7 +93,8 @@ def floor_hf(model, prompt: str, hf) -> None:
 
 
 def floor_tl(model, prompt: str, hf=None) -> None:
-    from lens.engine import capture_normed, lens_rows
+    from lens.backend import lens_rows
+    from lens.engine import capture_normed
 
     ids = model.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     bare_unembed(model, capture_normed(model, ids, lens_rows(model)))
@@ -106,12 +107,12 @@ def forward_hf(model, prompt: str, hf) -> None:
 def forward_tl(model, prompt: str, hf=None) -> None:
     import torch
 
-    from lens.engine import lens_rows
+    from lens.backend import lens_rows
 
     hooks = [r.hook for r in lens_rows(model)]
     tokens = torch.tensor([model.tokenizer(prompt, add_special_tokens=False)["input_ids"]])
     with torch.no_grad():
-        model.run_with_cache(tokens, hooks)
+        model.capture(tokens, hooks)
 
 
 FUNCTIONS = {

@@ -23,9 +23,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lens.engine import Row, lens_rows, prompt_text, tokenize_prompt, tokenize_target
+from lens.backend import Backend, Row, check_backend, lens_rows
 from lens.errors import LensError
-from lens.model import LensModel
+from lens.lenses import LOGIT_LENS, Lens, check_lens
+from lens.tokens import prompt_text, tokenize_prompt, tokenize_target
 
 # Parts that belong to no attention head (head -1); attn parts carry their head.
 COMPONENTS = ("embed", "pos_embed", "attn", "attn_bias", "mlp", "lens_bias", "norm_bias", "unembed_bias")
@@ -112,7 +113,7 @@ class CellWrites:
     softcap: float | None = None
     notes: list[str] = field(default_factory=list)
 
-    def attribute(self, model: LensModel, target: str | int, contrast: str | int | None = None) -> Attribution:
+    def attribute(self, model: Backend, target: str | int, contrast: str | int | None = None) -> Attribution:
         """Split the lens logit of ``target`` (minus ``contrast``'s) into these parts: no forward pass."""
         target_id = single_token(model, target, "target")
         contrast_id = None if contrast is None or contrast == "" else single_token(model, contrast, "contrast")
@@ -136,14 +137,14 @@ class CellWrites:
             softcapped_logit=capped,
         )
 
-    def shares(self, model: LensModel, token_ids: Sequence[int]) -> np.ndarray:
+    def shares(self, model: Backend, token_ids: Sequence[int]) -> np.ndarray:
         """[parts, tokens]: each part's share of each token's (pre-cap) lens logit, in float64."""
-        ids = torch.tensor(list(token_ids), dtype=torch.long, device=model.unembed_weight.device)
-        columns = model.unembed_weight[:, ids].double()
+        ids = torch.tensor(list(token_ids), dtype=torch.long, device=model.readout.device)
+        columns = model.readout.unembed_weight[:, ids].double()
         directions = torch.from_numpy(self.directions).to(columns.device).double()
         shares = directions @ columns
-        if model.unembed_bias is not None:
-            shares[self.components.index("unembed_bias")] = model.unembed_bias[ids].double()
+        if model.readout.bias is not None:
+            shares[self.components.index("unembed_bias")] = model.readout.bias[ids].double()
         return shares.cpu().numpy()
 
     def part_labels(self) -> list[str]:
@@ -178,7 +179,7 @@ class CellWrites:
                 directions[names.index(label)] += direction
         return names, directions
 
-    def promoted(self, model: LensModel, k: int = 5, parts: Sequence[str] | None = None) -> pd.DataFrame:
+    def promoted(self, model: Backend, k: int = 5, parts: Sequence[str] | None = None) -> pd.DataFrame:
         """Top and bottom ``k`` tokens of each per-layer part's write, through the unembedding.
 
         The unembedding bias is left out: it is the same for every part. ``parts`` picks
@@ -196,7 +197,7 @@ class CellWrites:
             else:
                 raise LensError(f"There is no part called {name!r} at this cell.")
             rows.append(torch.from_numpy(np.asarray(vector, dtype=np.float32)))
-        logits = (torch.stack(rows).to(model.unembed_weight.device) @ model.unembed_weight).cpu()
+        logits = (torch.stack(rows).to(model.readout.device) @ model.readout.unembed_weight).cpu()
         kk = min(k, logits.shape[1])
         top, bottom = torch.topk(logits, kk, dim=1), torch.topk(logits, kk, dim=1, largest=False)
         records = []
@@ -215,7 +216,7 @@ class CellWrites:
         return {name: getattr(self, name) for name in keep} | {"notes": list(self.notes)}
 
 
-def _listing(model: LensModel, ids: torch.Tensor, values: torch.Tensor) -> str:
+def _listing(model: Backend, ids: torch.Tensor, values: torch.Tensor) -> str:
     return ", ".join(f"{model.token_name(int(i))} ({float(v):+.2f})" for i, v in zip(ids, values, strict=True))
 
 
@@ -254,7 +255,7 @@ class Attribution:
         )
         return grouped.reset_index()
 
-    def retarget(self, model: LensModel, target: str | int, contrast: str | int | None = None) -> Attribution:
+    def retarget(self, model: Backend, target: str | int, contrast: str | int | None = None) -> Attribution:
         """The same cell for another target or contrast, from the kept writes: no forward pass."""
         return self.writes.attribute(model, target, contrast)
 
@@ -287,7 +288,7 @@ class Attribution:
         return json.dumps(payload, ensure_ascii=False)
 
 
-def token_text(model: LensModel, token_id: int) -> str:
+def token_text(model: Backend, token_id: int) -> str:
     """Text that tokenizes back to exactly this token, or '#id' when none does (a lone byte).
 
     Decoded after a newline, as :func:`tokenize_target` encodes: SentencePiece drops a
@@ -302,7 +303,7 @@ def token_text(model: LensModel, token_id: int) -> str:
         return f"#{token_id}"
 
 
-def single_token(model: LensModel, token: str | int, what: str) -> int:
+def single_token(model: Backend, token: str | int, what: str) -> int:
     """The one id of a target or contrast; a text that tokenizes into several is refused."""
     pieces = tokenize_target(model, token)
     if len(pieces) != 1:
@@ -311,7 +312,7 @@ def single_token(model: LensModel, token: str | int, what: str) -> int:
     return pieces[0]
 
 
-def resolve_row(model: LensModel, row: int | str | None) -> Row:
+def resolve_row(model: Backend, row: int | str | None) -> Row:
     """None: the output row. An int: the residual after block ``row`` (negative counts from the end).
 
     A string: a row label as the lens shows it ('embed', 'L3 attn', 'L3', 'L4 (output)') or a hook name.
@@ -341,15 +342,18 @@ def _position(n_positions: int, position: int) -> int:
 
 
 def cell_writes(
-    model: LensModel,
+    model: Backend,
     prompt: str | Sequence[int],
     *,
     position: int,
     row: int | str | None = None,
     prepend_bos: bool | None = None,
-    lens=None,
+    lens: Lens | None = None,
 ) -> CellWrites:
     """One forward pass: every component's write at (row, position), through the frozen final norm."""
+    model = check_backend(model)
+    model.capabilities.require("per_head", "direct logit attribution (per-head writes)", model.name)
+    lens = check_lens(lens)
     token_ids = tokenize_prompt(model, prompt, prepend_bos)
     position = _position(len(token_ids), position)
     target_row = resolve_row(model, row)
@@ -365,10 +369,10 @@ def cell_writes(
         if i < last or target_row.hook.endswith("hook_resid_post"):
             hooks.append(f"blocks.{i}.hook_mlp_out")
     hooks = [h for h in dict.fromkeys(hooks) if h in model.bridge.hook_dict or h == target_row.hook]
-    tokens = torch.tensor([token_ids], dtype=torch.long, device=model.unembed_weight.device)
+    tokens = torch.tensor([token_ids], dtype=torch.long, device=model.readout.device)
     with model.lock, torch.no_grad():
         try:
-            cache = model.run_with_cache(tokens, hooks, stop_at_layer=max(last + 1, 1))
+            cache = model.capture(tokens, hooks, stop_at_layer=max(last + 1, 1))
         except (ValueError, KeyError) as exc:
             raise LensError(f"Model '{model.name}' cannot provide the points attribution needs: {exc}") from exc
         if target_row.hook not in cache:
@@ -381,29 +385,31 @@ def cell_writes(
         writes = torch.stack(parts.writes)
         residual = acts[target_row.hook]
         _check_sum(model, writes.sum(0), residual, target_row)
-        translate = _lens_map(model, lens, target_row, is_output)
+        lens.check_compatible(model)
+        translate = _lens_map(lens, target_row, is_output)
         if translate is not None:
             lens_bias = translate(torch.zeros_like(residual))
             writes = torch.cat([translate(writes) - lens_bias, lens_bias[None]])
             residual = translate(residual)
             parts.name_extra("lens_bias")
             notes.append(
-                "Tuned lens: its translator is affine, so each write goes through the translator's linear map and "
-                "its bias is a part of its own (lens_bias)."
+                f"{lens.description.capitalize()}: its map is affine, so each write goes through the map's linear "
+                "part and its constant is a part of its own (lens_bias)."
             )
-        final = freeze_norm(model.bridge.ln_final, residual, "final norm")
+        final = freeze_norm(model.readout.norm, residual, "final norm")
         directions = [final(writes)]
         if final.bias is not None and torch.any(final.bias):
             parts.name_extra("norm_bias")
             directions.append(final.bias[None])
-        if model.unembed_bias is not None:
+        if model.readout.bias is not None:
             parts.name_extra("unembed_bias")  # its share is the bias itself, see CellWrites.shares
             directions.append(torch.zeros_like(residual)[None])
         directions = torch.cat(directions)
         del cache
-    if model.softcap is not None:
+    cap = model.readout.softcap
+    if cap is not None:
         notes.append(
-            f"This model soft-caps its logits (cap·tanh(logit/cap), cap {model.softcap:g}); the parts add up to the "
+            f"This model soft-caps its logits (cap·tanh(logit/cap), cap {cap:g}); the parts add up to the "
             "logit before the cap, which is not linear."
         )
     return CellWrites(
@@ -418,8 +424,8 @@ def cell_writes(
         heads=np.asarray(parts.heads, dtype=np.int64),
         directions=directions.cpu().numpy().astype(np.float32),
         per_head=parts.per_head,
-        lens_kind="logit" if translate is None else "tuned",
-        softcap=model.softcap,
+        lens_kind=lens.kind,
+        softcap=model.readout.softcap,
         notes=notes,
     )
 
@@ -445,7 +451,7 @@ class _Parts:
         self.heads.append(head)
 
 
-def _collect_parts(model: LensModel, acts: dict[str, torch.Tensor], row: Row, cache, position: int) -> _Parts:
+def _collect_parts(model: Backend, acts: dict[str, torch.Tensor], row: Row, cache, position: int) -> _Parts:
     """The raw (un-normed) writes at the cell, bottom up; they add up to the row's residual."""
     parts = _Parts()
     embedded = acts["blocks.0.hook_resid_pre"]
@@ -480,7 +486,7 @@ def _collect_parts(model: LensModel, acts: dict[str, torch.Tensor], row: Row, ca
 
 
 def _head_writes(
-    model: LensModel, layer: int, cache, position: int, attn_out: torch.Tensor
+    model: Backend, layer: int, cache, position: int, attn_out: torch.Tensor
 ) -> tuple[list[torch.Tensor], torch.Tensor | None] | None:
     """Per-head writes z_h·W_O[h] and the output bias, or None when they don't rebuild the attention output.
 
@@ -516,13 +522,13 @@ def _head_writes(
     return (list(normed_heads), normed_bias) if _close(model, rebuilt, attn_out) else None
 
 
-def _close(model: LensModel, rebuilt: torch.Tensor, actual: torch.Tensor) -> bool:
+def _close(model: Backend, rebuilt: torch.Tensor, actual: torch.Tensor) -> bool:
     dtype = next(model.bridge.parameters()).dtype
     error = torch.linalg.vector_norm(rebuilt - actual)
     return bool(error <= RESIDUAL_TOLERANCE.get(dtype, HALF_TOLERANCE) * torch.linalg.vector_norm(actual) + 1e-6)
 
 
-def _check_sum(model: LensModel, rebuilt: torch.Tensor, residual: torch.Tensor, row: Row) -> None:
+def _check_sum(model: Backend, rebuilt: torch.Tensor, residual: torch.Tensor, row: Row) -> None:
     if not _close(model, rebuilt, residual):
         raise LensError(
             f"Model '{model.name}''s residual at row {row.label} is not the sum of the embeddings, attention and MLP "
@@ -531,22 +537,23 @@ def _check_sum(model: LensModel, rebuilt: torch.Tensor, residual: torch.Tensor, 
         )
 
 
-def _lens_map(model: LensModel, lens, row: Row, is_output: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """A tuned lens's translator for this row (affine), or None: the output row is never translated."""
-    if lens is None or is_output:
+def _lens_map(lens: Lens, row: Row, is_output: bool) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """The lens's map for this row (affine for every lens here), or None where it is the identity.
+
+    The output row is never transformed, and the logit lens never transforms anything.
+    """
+    if lens.kind == LOGIT_LENS.kind or is_output:
         return None
-    lens.check_compatible(model)
-    translate = lens.translator_for([row])
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return translate(0, x)
+            return lens.transform(row, x)
 
     return apply
 
 
 def attribute(
-    model: LensModel,
+    model: Backend,
     prompt: str | Sequence[int],
     *,
     position: int,
@@ -554,7 +561,7 @@ def attribute(
     contrast: str | int | None = None,
     row: int | str | None = None,
     prepend_bos: bool | None = None,
-    lens=None,
+    lens: Lens | None = None,
 ) -> Attribution:
     """Split the lens logit of ``target`` at (``row``, ``position``) into every component's write.
 
@@ -569,7 +576,7 @@ def attribute(
 
 
 def head_attention(
-    model: LensModel,
+    model: Backend,
     prompt: str,
     *,
     layer: int,
@@ -581,6 +588,8 @@ def head_attention(
 
     Only this path asks for attention patterns, so plain lens runs keep the fast forward pass.
     """
+    model = check_backend(model)
+    model.capabilities.require("per_head", "attention patterns", model.name)
     n_heads = int(model.cfg.n_heads)
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < model.n_layers:
         raise LensError(f"Layer {layer} is out of range: model '{model.name}' has layers 0 to {model.n_layers - 1}.")
@@ -589,9 +598,9 @@ def head_attention(
     token_ids = tokenize_prompt(model, prompt, prepend_bos)
     position = _position(len(token_ids), position)
     hook = f"blocks.{layer}.attn.hook_pattern"
-    tokens = torch.tensor([token_ids], dtype=torch.long, device=model.unembed_weight.device)
+    tokens = torch.tensor([token_ids], dtype=torch.long, device=model.readout.device)
     with model.lock, torch.no_grad():
-        cache = model.run_with_cache(tokens, [hook], stop_at_layer=layer + 1)
+        cache = model.capture(tokens, [hook], stop_at_layer=layer + 1)
         if hook not in cache:
             raise LensError(f"Model '{model.name}' does not expose attention patterns.")
         weights = cache[hook][0, head, position, : position + 1].float().cpu().numpy()

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from lens.architectures import listing
-from lens.engine import POINTS, run_lens
+from lens.backend import POINTS
+from lens.engine import run_lens
 from lens.errors import LensError
 from lens.exports import safe_csv
 from lens.model import DEFAULT_MODEL, load_model

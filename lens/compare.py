@@ -7,21 +7,21 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from lens.backend import Backend
 from lens.errors import LensError
-from lens.model import LensModel
 from lens.result import LensResult
 from lens.tokens import is_byte_level, piece_bytes
 
 
-def last_position_log_probs(model: LensModel, result: LensResult) -> np.ndarray:
+def last_position_log_probs(model: Backend, result: LensResult) -> np.ndarray:
     """Every row's full next-token log-distribution at the last position, [rows, vocab] float64.
 
     Only one position, so the whole vocabulary fits: rows x vocab is small.
     """
     if result.unembed_input is None:
         raise LensError("This result did not keep its unembedding inputs; run the lens with keep_unembed_input=True.")
-    normed = torch.from_numpy(result.unembed_input[:, -1]).to(model.unembed_weight.device)
-    logits = model.logits_from_normed(normed).double()
+    normed = torch.from_numpy(result.unembed_input[:, -1]).to(model.readout.device)
+    logits = model.readout.logits(normed).double()
     return torch.log_softmax(logits, dim=-1).cpu().numpy()
 
 
@@ -37,12 +37,12 @@ def js_divergence(log_p: np.ndarray, log_q: np.ndarray) -> np.ndarray:
     return 0.5 * (kl_divergence(log_p, log_m) + kl_divergence(log_q, log_m)) / np.log(2.0)
 
 
-def same_vocabulary(a: LensModel, b: LensModel) -> bool:
+def same_vocabulary(a: Backend, b: Backend) -> bool:
     """Distributions of two models are comparable only over one shared vocabulary."""
     return a is b or (a.d_vocab == b.d_vocab and a.tokenizer.get_vocab() == b.tokenizer.get_vocab())
 
 
-def token_text(model: LensModel, token_id: int) -> str:
+def token_text(model: Backend, token_id: int) -> str:
     """A token as plain text, leading space kept, so another tokenizer can read it.
 
     ``tokenizer.decode`` drops SentencePiece's leading word boundary ("▁Lily" -> "Lily"),
@@ -63,7 +63,7 @@ def relative_depths(layers: Sequence[str]) -> list[float]:
 
     Models of different depth line up on this axis (the demo's output and a 12-layer
     model's output both sit at 1), where a shared layer axis would misalign them.
-    Row names come from lens.engine.lens_rows: "embed", "L{i} attn", "L{i}", "L{i} (output)".
+    Row names come from lens.backend.lens_rows: "embed", "L{i} attn", "L{i}", "L{i} (output)".
     """
     n_blocks = int(layers[-1].split()[0][1:]) + 1
     depths = []

@@ -15,10 +15,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lens.engine import capture_normed_batch, cell_statistics, lens_rows, uses_bos
+from lens.backend import Backend, Row, check_backend, lens_rows
+from lens.engine import capture_normed_batch, cell_statistics
 from lens.errors import LensError
-from lens.model import LensModel
-from lens.tokens import is_byte_level, piece_bytes
+from lens.lenses import Lens, check_lens
+from lens.tokens import is_byte_level, piece_bytes, uses_bos
 
 DEFAULT_MAX_TOKENS = 20_000
 BATCH_TOKENS = 1024  # padded tokens per forward pass: short texts share one, long windows go alone
@@ -50,14 +51,14 @@ class _Totals:
 
 
 def corpus_stats(
-    model: LensModel,
+    model: Backend,
     texts: Iterable[str],
     *,
     points: Sequence[str] = ("resid_post",),
     max_tokens: int = DEFAULT_MAX_TOKENS,
     window: int | None = None,
     prepend_bos: bool | None = None,
-    lens=None,
+    lens: Lens | None = None,
     progress: CorpusProgress | None = None,
 ) -> pd.DataFrame:
     """One row per lens row: mean next-token loss, bits per byte, entropy, KL, top-1 scores.
@@ -67,6 +68,9 @@ def corpus_stats(
     tokens are read; ``frame.attrs`` says how many texts and tokens were read and
     whether the cap cut the corpus.
     """
+    model = check_backend(model)
+    lens = check_lens(lens)
+    model.capabilities.require("local_weights", "corpus statistics (they read every cell here)", model.name)
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, (int, np.integer)) or max_tokens < 2:
         raise LensError(f"max_tokens must be a whole number of at least 2, not {max_tokens!r}.")
     if window is not None and (isinstance(window, bool) or not isinstance(window, (int, np.integer))):
@@ -78,17 +82,14 @@ def corpus_stats(
     window = min(model.n_ctx if window is None else window, model.n_ctx)
     if window < 2 + use_bos:
         raise LensError(f"A window of {window} tokens is too short to predict anything.")
-    translate = None
-    if lens is not None:
-        lens.check_compatible(model)
-        translate = lens.translator_for(rows)
+    lens.check_compatible(model)
     if isinstance(texts, Sequence):
         for number, text in enumerate(texts, 1):
             _check_corpus_text(text, number)
     byte_level = is_byte_level(model.tokenizer)
     expected_chars = sum(len(t) for t in texts) if isinstance(texts, Sequence) else None
     totals = _Totals(len(rows))
-    pending = _Batch(model, rows, translate, totals, byte_level)
+    pending = _Batch(model, rows, lens, totals, byte_level)
     chars_done, n_texts, capped = 0, 0, False
     started = time.monotonic()
 
@@ -141,8 +142,8 @@ class _Batch:
     it, so every real position reads exactly what it would alone.
     """
 
-    def __init__(self, model: LensModel, rows, translate, totals: _Totals, byte_level: bool) -> None:
-        self.model, self.rows, self.translate, self.totals, self.byte_level = model, rows, translate, totals, byte_level
+    def __init__(self, model: Backend, rows: Sequence[Row], lens: Lens, totals: _Totals, byte_level: bool) -> None:
+        self.model, self.rows, self.lens, self.totals, self.byte_level = model, rows, lens, totals, byte_level
         self.windows: list[list[int]] = []
         self.chars = 0
 
@@ -163,7 +164,7 @@ class _Batch:
             longest = max(len(w) for w in self.windows)
             # Padding repeats each window's last token: a pad or BOS id could be masked or treated specially.
             padded = [w + [w[-1]] * (longest - len(w)) for w in self.windows]
-            normed = capture_normed_batch(self.model, padded, self.rows, self.translate)
+            normed = capture_normed_batch(self.model, padded, self.rows, self.lens)
             cells = torch.cat([normed[:, i, : len(w) - 1] for i, w in enumerate(self.windows)], dim=1)
             next_ids = [t for w in self.windows for t in w[1:]]
             _add_predictions(self.model, cells, next_ids, self.totals, self.byte_level)
@@ -173,7 +174,7 @@ class _Batch:
 
 def _add_predictions(model, normed, next_ids: list[int], totals: _Totals, byte_level: bool) -> None:
     """Add predictions (each cell's position predicting ``next_ids`` there) to the totals."""
-    stats = cell_statistics(model, normed, 1, [], next_ids=next_ids)
+    stats = cell_statistics(model.readout, normed, 1, [], next_ids=next_ids)
     log_prob_next = stats["next_logits"] - stats["log_normalizer"]
     top1 = stats["top_ids"][..., 0]
     totals.add("cross_entropy", -log_prob_next)

@@ -22,20 +22,17 @@ import ctypes
 import functools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
 
 import numpy as np
 import torch
 
+from lens.backend import Backend, Progress, Readout, Row, check_backend, lens_rows
 from lens.errors import LensError
-from lens.model import LensModel, Progress
+from lens.lenses import LOGIT_LENS, Lens, check_lens
 from lens.result import LensResult
+from lens.tokens import fed_bos, prompt_text, resolve_targets, tokenize_prompt
 
-if TYPE_CHECKING:
-    from lens.nnsight_backend import NnsightModel
-
-POINTS = ("resid_pre", "resid_mid", "resid_post")
 CHUNK_BYTES = 144 * 2**20  # ~750 cells of GPT-2: vocab-major matmuls run fastest with many cells
 SLAB_BYTES = 8 * 2**20  # a slab of a chunk's logits, made by one matmul: it stays in the shared L3 cache
 REDUCE_BYTES = 1 * 2**20  # the part of a slab each reduction reads: it stays in a core's L2 cache
@@ -43,181 +40,37 @@ TOPK_BLOCK = 64
 GEMM_CELLS = 8  # the matmul runs ~1.4x faster here when its cell count is a multiple of 8 (744 against 732)
 
 
-@dataclass(frozen=True)
-class Row:
-    """One residual-stream point the lens reads: a hook name and the label people see."""
-
-    hook: str
-    label: str
-    layer: int
-
-
-def lens_rows(model: LensModel, points: Sequence[str] = ("resid_post",)) -> list[Row]:
-    """Rows bottom-up. The final block's output is always included, as the last row."""
-    unknown = set(points) - set(POINTS)
-    if unknown:
-        raise LensError(f"Unknown residual point {min(unknown)!r}; choose from {', '.join(POINTS)}.")
-    n = model.n_layers
-    rows = []
-    if "resid_pre" in points:
-        rows.append(Row("blocks.0.hook_resid_pre", "embed", -1))
-    for i in range(n):
-        if "resid_mid" in points:
-            rows.append(Row(f"blocks.{i}.hook_resid_mid", f"L{i} attn", i))
-        if "resid_post" in points or i == n - 1:
-            rows.append(Row(f"blocks.{i}.hook_resid_post", f"L{i}" if i < n - 1 else f"L{i} (output)", i))
-    return rows
-
-
-def _encode(model: LensModel, text: str) -> list[int]:
-    return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def uses_bos(model: LensModel, prepend_bos: bool | None) -> bool:
-    """Whether a BOS token goes first: the model's default unless the caller says."""
-    return model.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
-
-
-def check_text(text: object, what: str) -> None:
-    """Text the tokenizer can read: a str (not bytes) that encodes as UTF-8 (no lone surrogates)."""
-    if not isinstance(text, str):
-        raise LensError(f"{what} must be text (str), not {type(text).__name__}.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise LensError(
-            f"{what} is not valid text: character {exc.start + 1} is a lone surrogate (invalid UTF-8 input)."
-        ) from exc
-
-
-def tokenize_prompt(model: LensModel, prompt: str | Sequence[int], prepend_bos: bool | None = None) -> list[int]:
-    """The exact ids the model will be fed, after checking the prompt is usable.
-
-    A list of token ids is fed as it is (``prepend_bos`` is then ignored): a snippet that
-    reproduces a page names its prompt by ids, which no re-tokenizing can change.
-    """
-    if isinstance(prompt, (list, tuple)):
-        return _check_ids(model, prompt)
-    check_text(prompt, "The prompt")
-    if not prompt.strip():
-        raise LensError("The prompt is empty: type some text to look at.")
-    ids = _encode(model, prompt)
-    if uses_bos(model, prepend_bos):
-        if model.tokenizer.bos_token_id is None:
-            raise LensError(f"Model '{model.name}' has no beginning-of-sequence token to prepend.")
-        ids = [model.tokenizer.bos_token_id, *ids]
-    if len(ids) > model.n_ctx:
-        raise LensError(f"The prompt is {len(ids)} tokens long; model '{model.name}' reads at most {model.n_ctx}.")
-    return ids
-
-
-def _check_ids(model: LensModel, ids: Sequence[int]) -> list[int]:
-    if not ids:
-        raise LensError("The prompt is empty: give at least one token id.")
-    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
-        raise LensError("A prompt given as a list must hold whole-number token ids.")
-    bad = next((int(i) for i in ids if not 0 <= int(i) < model.d_vocab), None)
-    if bad is not None:
-        raise LensError(f"Token id {bad} is outside the vocabulary (0 to {model.d_vocab - 1}).")
-    if len(ids) > model.n_ctx:
-        raise LensError(f"The prompt is {len(ids)} tokens long; model '{model.name}' reads at most {model.n_ctx}.")
-    return [int(i) for i in ids]
-
-
-def prompt_text(model: LensModel, prompt: str | Sequence[int]) -> str:
-    """The prompt as text: as typed, or the decoded ids."""
-    return prompt if isinstance(prompt, str) else model.tokenizer.decode(list(prompt))
-
-
-def fed_bos(model: LensModel, prompt: str | Sequence[int], token_ids: Sequence[int], prepend_bos: bool | None) -> bool:
-    """Whether a start token was read first: the setting for text, the ids themselves for ids."""
-    if isinstance(prompt, str):
-        return uses_bos(model, prepend_bos)
-    return model.tokenizer.bos_token_id is not None and token_ids[0] == model.tokenizer.bos_token_id
-
-
-def tokenize_target(model: LensModel, target: str | int) -> list[int]:
-    """Token ids of a target as it would continue a text.
-
-    Tokenizers treat the start of a string specially (SentencePiece prepends a word
-    boundary), so the target is tokenized after a newline and the newline's ids removed.
-    An int is taken as a token id.
-    """
-    if isinstance(target, (int, np.integer)):
-        if not 0 <= int(target) < model.d_vocab:
-            raise LensError(f"Token id {target} is outside the vocabulary (0 to {model.d_vocab - 1}).")
-        return [int(target)]
-    check_text(target, "A target token")
-    if target == "":
-        raise LensError("A target token is empty.")
-    context, joined = _encode(model, "\n"), _encode(model, "\n" + target)
-    if joined[: len(context)] == context and len(joined) > len(context):
-        return joined[len(context) :]
-    return _encode(model, target)
-
-
-def resolve_targets(model: LensModel, targets: Sequence[str | int]) -> tuple[list[int], list[str], list[str]]:
-    """Ids, shown names and warnings for the targets; several-token targets use their first token.
-
-    A single string or id is one target: iterating " Paris" would track its characters.
-    A word typed without its leading space ("Lily") that splits into several tokens is
-    read as its one-token spaced form (" Lily") when there is one: that is what people mean.
-    """
-    if isinstance(targets, (str, int, np.integer)):
-        targets = [targets]
-    ids, names, warnings = [], [], []
-    for target in targets:
-        pieces = tokenize_target(model, target)
-        spaced = tokenize_target(model, " " + target) if isinstance(target, str) and len(pieces) > 1 else []
-        if len(spaced) == 1 and not target[:1].isspace():
-            warnings.append(
-                f"Target {target!r} is {len(pieces)} tokens without a leading space; the lens follows the "
-                f"one-token {model.token_name(spaced[0])!r} instead."
-            )
-            pieces = spaced
-        elif len(pieces) > 1:
-            shown = " + ".join(model.token_name(p) for p in pieces)
-            warnings.append(
-                f"Target {target!r} is {len(pieces)} tokens ({shown}); the lens tracks its first token, "
-                f"{model.token_name(pieces[0])!r}."
-            )
-        if pieces[0] not in ids:
-            ids.append(pieces[0])
-            names.append(model.token_name(pieces[0]))
-    return ids, names, warnings
-
-
 def capture_normed(
-    model: LensModel,
+    model: Backend,
     token_ids: Sequence[int],
     rows: Sequence[Row],
-    translate: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    lens: Lens = LOGIT_LENS,
 ) -> torch.Tensor:
     """One forward pass; the final-norm output at every row, [rows, positions, d_model] fp32.
 
-    ``translate(row_index, resid)`` (a tuned lens) maps a residual before the norm; the
-    last row is never translated, so it stays the model's output.
+    ``lens`` carries each residual to what the readout reads; the last row is never
+    transformed, so it stays the model's output.
     """
-    return capture_normed_batch(model, [list(token_ids)], rows, translate)[:, 0]
+    return capture_normed_batch(model, [list(token_ids)], rows, lens)[:, 0]
 
 
 def capture_normed_batch(
-    model: LensModel,
+    model: Backend,
     batch: Sequence[Sequence[int]],
     rows: Sequence[Row],
-    translate: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+    lens: Lens = LOGIT_LENS,
 ) -> torch.Tensor:
     """:func:`capture_normed` for equal-length sequences in one forward pass, [rows, batch, positions, d_model].
 
-    The lock is held for the forward pass and the norm: both go through the shared
+    The lock is held for the forward pass and the norm: both may go through the shared
     model's hook points.
     """
+    readout = model.readout
     hooks = list(dict.fromkeys(r.hook for r in rows))
-    device = model.unembed_weight.device
-    tokens = torch.tensor([list(ids) for ids in batch], dtype=torch.long, device=device)
+    tokens = torch.tensor([list(ids) for ids in batch], dtype=torch.long, device=readout.device)
     with model.lock, torch.no_grad():
         try:
-            cache = model.run_with_cache(tokens, hooks)
+            cache = model.capture(tokens, hooks)
         except (ValueError, KeyError) as exc:
             raise LensError(f"Model '{model.name}' cannot provide these residual points: {exc}") from exc
         normed = []
@@ -225,9 +78,9 @@ def capture_normed_batch(
             if row.hook not in cache:
                 raise LensError(f"Model '{model.name}' has no {row.hook.split('hook_')[-1]} point.")
             resid = cache[row.hook]
-            if translate is not None and index < len(rows) - 1:
-                resid = translate(index, resid)
-            normed.append(model.final_norm(resid))
+            if index < len(rows) - 1:
+                resid = lens.transform(row, resid)
+            normed.append(readout.normed(resid))
         del cache
     return torch.stack(normed)
 
@@ -378,7 +231,7 @@ class _SoftmaxSums:
 
 
 def cell_statistics(
-    model: LensModel,
+    readout: Readout,
     normed: torch.Tensor,
     top_k: int,
     target_ids: Sequence[int],
@@ -397,7 +250,7 @@ def cell_statistics(
     matmul. Only the top-k search returns to the chunk, to a few blocks per cell.
     """
     n_rows, n_pos, _ = normed.shape
-    vocab = model.d_vocab
+    vocab = readout.d_vocab
     k = min(top_k, vocab)
     device = normed.device
     targets = torch.tensor(list(target_ids), dtype=torch.long, device=device)
@@ -435,11 +288,11 @@ def cell_statistics(
         first = [rows for rows in slabs if any(rows.start <= t < rows.stop for t in target_ids)]
         rest = [rows for rows in slabs if rows not in first]
         for rows in first:
-            _make_slab(model, cells, padded, block_max, rows)
+            _make_slab(readout, cells, padded, block_max, rows)
         target_logits = logits[targets]
         for rows in first + rest:
             if rows in rest:
-                _make_slab(model, cells, padded, block_max, rows)
+                _make_slab(readout, cells, padded, block_max, rows)
             sums.raise_shift(block_max[rows.start // TOPK_BLOCK : rows.stop // TOPK_BLOCK].amax(0))
             # The matmul's slab fits the shared cache; each reduction reads an L2-sized part of it.
             for part in _slabs(min(rows.stop, vocab), n_cells, REDUCE_BYTES, rows.start):
@@ -464,11 +317,11 @@ def cell_statistics(
 
 
 def _make_slab(
-    model: LensModel, cells: torch.Tensor, padded: torch.Tensor, block_max: torch.Tensor, rows: slice
+    readout: Readout, cells: torch.Tensor, padded: torch.Tensor, block_max: torch.Tensor, rows: slice
 ) -> None:
     """One slab of a chunk's vocab-major logits, and the maximum of each of its TOPK_BLOCKs."""
-    written = slice(rows.start, min(rows.stop, model.d_vocab))
-    model.unembed_columns(cells, out=padded[written], vocab=written)
+    written = slice(rows.start, min(rows.stop, readout.d_vocab))
+    readout.unembed_columns(cells, out=padded[written], vocab=written)
     blocks = slice(rows.start // TOPK_BLOCK, rows.stop // TOPK_BLOCK)
     torch.amax(padded[rows].view(-1, TOPK_BLOCK, cells.shape[0]), 1, out=block_max[blocks])
 
@@ -495,7 +348,7 @@ class _Scratch:
 
 
 def run_lens(
-    model: LensModel | NnsightModel,
+    model: Backend,
     prompt: str | Sequence[int],
     *,
     top_k: int = 10,
@@ -503,7 +356,7 @@ def run_lens(
     prepend_bos: bool | None = None,
     points: Sequence[str] = ("resid_post",),
     keep_unembed_input: bool = False,
-    lens=None,
+    lens: Lens | None = None,
     progress: Progress | None = None,
 ) -> LensResult:
     """Read the model's next-token distribution after every residual point of ``prompt``.
@@ -511,35 +364,31 @@ def run_lens(
     ``prompt`` is text or a list of token ids (fed as they are).
     ``prepend_bos=None`` follows the model's default. ``keep_unembed_input`` keeps the
     final-norm outputs in the result so :func:`retarget` can add targets without a
-    forward pass. ``lens`` is a tuned lens; None reads the residual stream directly.
-    A model loaded with ``backend="nnsight"`` runs through lens/nnsight_backend.py;
-    ``progress`` then hears an NDIF job's status (queued, running).
+    forward pass. ``lens`` is a :class:`~lens.lenses.Lens` (None is the logit lens).
+    A backend without local weights (NDIF) reduces the cells where the model runs;
+    ``progress`` then hears its job's status (queued, running).
     """
+    model = check_backend(model)
+    lens = check_lens(lens)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise LensError(f"top_k must be a whole number of at least 1, not {top_k!r}.")
-    if not isinstance(model, LensModel):
-        from lens.nnsight_backend import run_lens_nnsight
-
-        return run_lens_nnsight(
-            model,
-            prompt,
-            top_k=top_k,
-            targets=targets,
-            prepend_bos=prepend_bos,
-            points=points,
-            keep_unembed_input=keep_unembed_input,
-            lens=lens,
-            progress=progress,
-        )
     token_ids = tokenize_prompt(model, prompt, prepend_bos)
     target_ids, target_names, warnings = resolve_targets(model, targets)
     rows = lens_rows(model, points)
-    translate = None
-    if lens is not None:
-        lens.check_compatible(model)
-        translate = lens.translator_for(rows)
-    normed = capture_normed(model, token_ids, rows, translate)
-    stats = cell_statistics(model, normed, int(top_k), target_ids)
+    lens.check_compatible(model)
+    normed = None
+    if model.capabilities.local_weights:
+        normed = capture_normed(model, token_ids, rows, lens)
+        stats = cell_statistics(model.readout, normed, int(top_k), target_ids)
+    else:
+        if keep_unembed_input:
+            raise LensError(
+                f"Model '{model.name}' runs remotely and keeps its final-norm outputs there; pass the targets "
+                "to run_lens instead of retargeting."
+            )
+        if lens.kind != LOGIT_LENS.kind:
+            model.capabilities.require("local_weights", f"the {lens.description}", model.name)
+        stats = model.remote_statistics(token_ids, rows, int(top_k), target_ids, progress)
     result = LensResult(
         model_name=model.name,
         prompt=prompt_text(model, prompt),
@@ -547,13 +396,13 @@ def run_lens(
         token_ids=token_ids,
         layers=[r.label for r in rows],
         points=[r.hook for r in rows],
-        top_tokens=_names_array(model, stats.pop("top_ids"), stats),
+        top_tokens=names_array(model, stats.pop("top_ids"), stats),
         targets=target_names,
         target_ids=target_ids,
-        lens_kind="logit" if lens is None else "tuned",
+        lens_kind=lens.kind,
         prepend_bos=fed_bos(model, prompt, token_ids, prepend_bos),
         warnings=warnings,
-        unembed_input=normed.cpu().numpy() if keep_unembed_input else None,
+        unembed_input=normed.cpu().numpy() if keep_unembed_input and normed is not None else None,
         **stats,
     )
     del normed, stats
@@ -581,7 +430,7 @@ def release_freed_memory() -> None:
         trim(0)
 
 
-def _names_array(model: LensModel, top_ids: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
+def names_array(model: Backend, top_ids: np.ndarray, stats: dict[str, np.ndarray]) -> np.ndarray:
     """Readable names for every top-k id (and puts the ids back into ``stats``).
 
     An object array of shared strings: 8 bytes a cell, where fixed-width numpy strings
@@ -594,7 +443,7 @@ def _names_array(model: LensModel, top_ids: np.ndarray, stats: dict[str, np.ndar
     return names[inverse].reshape(top_ids.shape)
 
 
-def retarget(model: LensModel, result: LensResult, targets: Sequence[str | int]) -> LensResult:
+def retarget(model: Backend, result: LensResult, targets: Sequence[str | int]) -> LensResult:
     """The same result with other targets, from its kept final-norm outputs: no forward pass.
 
     Probabilities and logits take one small matmul per target; exact ranks need every
@@ -606,17 +455,18 @@ def retarget(model: LensModel, result: LensResult, targets: Sequence[str | int])
             "This result did not keep its unembedding inputs; run the lens again with keep_unembed_input=True."
         )
     target_ids, target_names, warnings = resolve_targets(model, targets)
-    normed = torch.from_numpy(result.unembed_input).to(model.unembed_weight.device)
+    readout = model.readout
+    normed = torch.from_numpy(result.unembed_input).to(readout.device)
     n_rows, n_pos, _ = normed.shape
     flat = normed.reshape(n_rows * n_pos, -1)
     ids = torch.tensor(target_ids, dtype=torch.long, device=flat.device)
-    chunk = _chunk_cells(model.d_vocab)
+    chunk = _chunk_cells(readout.d_vocab)
     target_logits, ranks = [], []
     for start in range(0, flat.shape[0], chunk):
-        logits = model.unembed_columns(flat[start : start + chunk])
+        logits = readout.unembed_columns(flat[start : start + chunk])
         chosen = logits[ids]
         counts = torch.zeros_like(chosen, dtype=torch.int64)
-        slabs = _slabs(model.d_vocab, logits.shape[1])
+        slabs = _slabs(readout.d_vocab, logits.shape[1])
         greater = torch.empty(slabs[0].stop, logits.shape[1], device=flat.device)
         for rows in slabs:
             _count_greater(logits[rows], chosen, counts, greater)

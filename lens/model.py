@@ -12,7 +12,7 @@ import math
 import re
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -23,8 +23,9 @@ import torch
 
 from lens import budget
 from lens.architectures import check_architecture
+from lens.backend import Capabilities, OutputTransform, Progress, Readout
 from lens.errors import LensError
-from lens.tokens import TokenNamer
+from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
 if TYPE_CHECKING:
     from lens.nnsight_backend import NnsightModel
@@ -33,6 +34,9 @@ DEFAULT_MODEL = "openai-community/gpt2"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
 DEMO_ALIASES = ("demo",)
 HUB_PROBE_SECONDS = 4.0
+_TRANSFORMER_LENS_CAPABILITIES = Capabilities(
+    local_weights=True, after_attention=True, per_head=True, gradients=True, patching=True
+)
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -86,7 +90,12 @@ class LensModel:
 
     @property
     def d_vocab(self) -> int:
-        return int(self.unembed_weight.shape[1])
+        return self.readout.d_vocab
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Everything: the weights are here and every hook point is reachable."""
+        return _TRANSFORMER_LENS_CAPABILITIES
 
     @cached_property
     def default_prepend_bos(self) -> bool:
@@ -123,27 +132,21 @@ class LensModel:
         return 1.0 if math.isclose(scale, 1.0, rel_tol=1e-9) else scale
 
     @cached_property
-    def unembed_weight(self) -> torch.Tensor:
-        """W_U as [d_model, vocab] in fp32: the lens reads in fp32 whatever the model's dtype."""
-        return self.bridge.unembed.W_U.detach().float()
-
-    @cached_property
-    def unembed_rows(self) -> torch.Tensor:
-        """W_U as contiguous [vocab, d_model] fp32 (the lm_head layout; a view for most models)."""
-        return self.unembed_weight.t().contiguous()
-
-    @cached_property
-    def unembed_bias(self) -> torch.Tensor | None:
-        bias = getattr(self.bridge.unembed, "b_U", None)
-        if bias is None or not torch.any(bias):
-            return None
-        return bias.detach().float()
+    def readout(self) -> Readout:
+        """The bridge's final norm and unembedding (W_U, b_U), with the model's logit scale and soft-cap."""
+        unembed = self.bridge.unembed
+        return Readout(
+            self.bridge.ln_final,
+            unembed.W_U.detach().float().t(),
+            getattr(unembed, "b_U", None),
+            OutputTransform(self.logit_scale, self.softcap),
+        )
 
     @cached_property
     def token_name(self) -> TokenNamer:
         return TokenNamer(self.tokenizer)
 
-    def run_with_cache(self, tokens: torch.Tensor, hooks: list[str], stop_at_layer: int | None = None) -> dict:
+    def capture(self, tokens: torch.Tensor, hooks: Sequence[str], stop_at_layer: int | None = None) -> dict:
         """``run_with_cache`` on ``hooks``, stopped before block ``stop_at_layer`` or, by default, the final norm.
 
         TransformerLens's ``stop_at_layer`` cannot stop after the last block: the model
@@ -158,7 +161,7 @@ class LensModel:
         stop_point = "ln_final.hook_in"
         hook_dict = self.bridge.hook_dict
         if stop_at_layer is not None and stop_at_layer < self.n_layers or stop_point not in hook_dict:
-            _, cache = self.bridge.run_with_cache(tokens, names_filter=hooks, stop_at_layer=stop_at_layer)
+            _, cache = self.bridge.run_with_cache(tokens, names_filter=list(hooks), stop_at_layer=stop_at_layer)
             return cache
         waiting = {name for name in hooks if name in hook_dict}
 
@@ -170,45 +173,8 @@ class LensModel:
                 raise StopAtLayerException(tensor)
 
         with self.bridge.hooks(fwd_hooks=[*((name, fired(name)) for name in waiting), (stop_point, stop)]):
-            _, cache = self.bridge.run_with_cache(tokens, names_filter=hooks)
+            _, cache = self.bridge.run_with_cache(tokens, names_filter=list(hooks))
         return cache
-
-    def final_norm(self, resid: torch.Tensor) -> torch.Tensor:
-        """The model's own final norm, in fp32."""
-        return self.bridge.ln_final(resid).float()
-
-    def unembed_columns(
-        self, normed: torch.Tensor, out: torch.Tensor | None = None, vocab: slice = slice(None)
-    ) -> torch.Tensor:
-        """Vocab-major logits [vocab, cells] of normed residuals [cells, d_model], as the model scales and caps them.
-
-        ``vocab`` picks a slice of the vocabulary, so a slab of logits can be made and read while it is in cache.
-        """
-        logits = torch.mm(self.unembed_rows[vocab], normed.t(), out=out)
-        if self.unembed_bias is not None:
-            logits.add_(self.unembed_bias[vocab, None])
-        if self.logit_scale != 1.0:
-            logits.mul_(self.logit_scale)
-        if self.softcap is not None:
-            logits.div_(self.softcap).tanh_().mul_(self.softcap)
-        return logits
-
-    def logits_from_normed(self, normed: torch.Tensor) -> torch.Tensor:
-        """Unembed already-normed residuals, with the model's logit scale and soft-cap."""
-        logits = normed @ self.unembed_weight
-        if self.unembed_bias is not None:
-            logits = logits + self.unembed_bias
-        if self.logit_scale != 1.0:
-            logits = logits * self.logit_scale
-        if self.softcap is not None:
-            logits = torch.tanh(logits / self.softcap) * self.softcap
-        return logits
-
-
-def tokenizer_prepends_bos(tokenizer) -> bool:
-    """Whether the tokenizer itself starts a text with its BOS token (Llama's does, GPT-2's doesn't)."""
-    bos = tokenizer.bos_token_id
-    return bos is not None and list(tokenizer("x")["input_ids"][:1]) == [bos]
 
 
 def resolve_model_source(name_or_path: str) -> tuple[str, str]:
@@ -352,9 +318,6 @@ class _FastAttentionForward:
         if hooked or any(getattr(config, s, False) for s in self.SPLIT_SETTINGS):
             return type(attention).forward(attention, *args, **kwargs)
         return AttentionBridge.forward(attention, *args, **kwargs)
-
-
-Progress = Callable[[str, "float | None"], None]
 
 
 def download_snapshot(repo_id: str, progress: Progress | None = None) -> str:

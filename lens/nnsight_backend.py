@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lens.backend import Capabilities, OutputTransform, Progress, Readout, Row
 from lens.errors import LensError
-from lens.model import Progress, _first_line, resolve_model_source, tokenizer_prepends_bos
-from lens.result import STATISTICS, LensResult
-from lens.tokens import TokenNamer
+from lens.model import _first_line, resolve_model_source
+from lens.result import STATISTICS
+from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
 NDIF_KEY_URL = "https://login.ndif.us"
 TASK = "text-generation"
@@ -86,13 +87,82 @@ class NnsightModel:
         return tokenizer_prepends_bos(self.tokenizer)
 
     @property
-    def softcap(self) -> float | None:
+    def d_model(self) -> int:
+        return int(self.wrapper._module.get_output_embeddings().weight.shape[1])
+
+    @cached_property
+    def capabilities(self) -> Capabilities:
+        """Residuals at block boundaries; the weights (and so the readout and gradients) only when run here."""
+        return Capabilities(local_weights=not self.remote, gradients=not self.remote, remote=self.remote)
+
+    @cached_property
+    def output_transform(self) -> OutputTransform:
+        """The config's logit scale (Cohere's ``logit_scale``, Granite's ``1 / logits_scaling``) and soft-cap."""
+        scale = float(getattr(self.config, "logit_scale", None) or 1.0)
+        scaling = getattr(self.config, "logits_scaling", None)
+        if scaling:
+            scale /= float(scaling)
         cap = getattr(self.config, "final_logit_softcapping", None)
-        return float(cap) if cap else None
+        return OutputTransform(scale, float(cap) if cap else None)
+
+    @cached_property
+    def readout(self) -> Readout:
+        """The Hugging Face model's own final norm and output head; only a model run here has them."""
+        self.capabilities.require("local_weights", "a readout on this machine", self.name)
+        module = self.wrapper._module
+        head = module.get_output_embeddings()
+        norm = module.get_submodule(self.norm_path)
+        return Readout(norm, head.weight, getattr(head, "bias", None), self.output_transform)
+
+    def capture(self, tokens: torch.Tensor, hooks: Sequence[str]) -> dict[str, torch.Tensor]:
+        """One traced forward pass that saves the residual at each hook name, stopped after the last one.
+
+        nnsight hands out module inputs and outputs in the order the forward pass makes them,
+        so the points are read bottom-up.
+        """
+        points = sorted((_block_point(hook), hook) for hook in dict.fromkeys(hooks))
+        saved = {}
+        with torch.no_grad(), self.wrapper.trace(tokens) as tracer:
+            layers = _envoy(self.wrapper, self.layers_path)
+            for (layer, after), hook in points:
+                if not after:
+                    saved[hook] = layers[layer].input.save()
+                else:
+                    output = layers[layer].output
+                    saved[hook] = (output[0] if isinstance(output, tuple) else output).save()
+            tracer.stop()
+        return saved
+
+    def remote_statistics(
+        self,
+        token_ids: Sequence[int],
+        rows: Sequence[Row],
+        top_k: int,
+        target_ids: Sequence[int],
+        progress: Progress | None = None,
+    ) -> dict[str, np.ndarray]:
+        """The cells' statistics reduced where the model runs; only those small arrays travel back."""
+        input_ids = torch.tensor([list(token_ids)], dtype=torch.long)
+        with self.lock:
+            saved = _run_trace(self, input_ids, rows[0].label == "embed", top_k, list(target_ids), progress)
+        stats = {name: value.numpy() for name, value in saved.items()}
+        for name in ("top_ids", "target_ranks"):
+            stats[name] = stats[name].astype(np.int64)
+        return stats
 
     @cached_property
     def token_name(self) -> TokenNamer:
         return TokenNamer(self.tokenizer)
+
+
+def _block_point(hook: str) -> tuple[int, bool]:
+    """(block, after it) for a residual hook name: the input of block 0, or any block's output."""
+    parts = hook.split(".")
+    if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit():
+        layer, point = int(parts[1]), parts[2]
+        if point == "hook_resid_post" or (point == "hook_resid_pre" and layer == 0):
+            return layer, point == "hook_resid_post"
+    raise KeyError(f"the nnsight backend reads block outputs and the embeddings, not {hook}")
 
 
 def _envoy(root, path: str):
@@ -215,7 +285,7 @@ def reduce_rows(
     head: Callable[[torch.Tensor], torch.Tensor],
     top_k: int,
     target_ids: list[int],
-    softcap: float | None,
+    transform: OutputTransform,
 ) -> dict[str, torch.Tensor]:
     """Each row's residuals [positions, d_model] -> the per-cell statistics, on the CPU.
 
@@ -227,9 +297,7 @@ def reduce_rows(
     """
 
     def log_probs(resid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = head(norm(resid)).double()
-        if softcap is not None:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = transform.apply(head(norm(resid)).double())
         return logits, torch.log_softmax(logits, dim=-1)
 
     targets = torch.tensor(target_ids, dtype=torch.long, device=hidden[-1].device)
@@ -272,7 +340,7 @@ def traced_statistics(
     read_embeddings: bool,
     top_k: int,
     target_ids: list[int],
-    softcap: float | None,
+    transform: OutputTransform,
     backend=None,
 ) -> dict[str, torch.Tensor]:
     """One traced forward pass; only the reduced arrays are saved out of it.
@@ -290,7 +358,7 @@ def traced_statistics(
         for layer in layers:
             output = layer.output
             hidden.append((output[0] if isinstance(output, tuple) else output)[0])
-        statistics = reduce_rows(hidden, norm, head, top_k, target_ids, softcap)
+        statistics = reduce_rows(hidden, norm, head, top_k, target_ids, transform)
         nnsight.save(statistics)
         tracer.stop()
     return statistics
@@ -302,55 +370,6 @@ def traced_statistics(
 def payload_bytes(n_rows: int, n_positions: int, top_k: int, n_targets: int) -> int:
     """Bytes of the arrays a run saves: per cell, k (int32 id + fp32 prob), three fp32, and 12 per target."""
     return n_rows * n_positions * (8 * top_k + 12 + 12 * n_targets)
-
-
-def run_lens_nnsight(
-    model: NnsightModel,
-    prompt: str | Sequence[int],
-    *,
-    top_k: int = 10,
-    targets: Sequence[str | int] = (),
-    prepend_bos: bool | None = None,
-    points: Sequence[str] = ("resid_post",),
-    keep_unembed_input: bool = False,
-    lens=None,
-    progress: Progress | None = None,
-) -> LensResult:
-    """``run_lens`` for an nnsight model (it checks ``top_k``): tokenizing and labelling here, the lens in the trace."""
-    from lens.engine import _names_array, fed_bos, lens_rows, prompt_text, resolve_targets, tokenize_prompt
-
-    if lens is not None:
-        raise LensError("A tuned lens runs on the TransformerLens backend only; load the model locally to use one.")
-    if keep_unembed_input:
-        raise LensError(
-            "The nnsight backend leaves the final-norm outputs where the model runs; pass the targets to run_lens."
-        )
-    if "resid_mid" in points:
-        raise LensError("The nnsight backend reads block outputs and the embeddings, not after-attention rows.")
-    token_ids = tokenize_prompt(model, prompt, prepend_bos)
-    target_ids, target_names, warnings = resolve_targets(model, targets)
-    rows = lens_rows(model, points)
-    k = min(int(top_k), model.d_vocab)
-    input_ids = torch.tensor([token_ids], dtype=torch.long)
-    with model.lock:
-        saved = _run_trace(model, input_ids, rows[0].label == "embed", k, target_ids, progress)
-    stats = {name: value.numpy() for name, value in saved.items()}
-    for name in ("top_ids", "target_ranks"):
-        stats[name] = stats[name].astype(np.int64)
-    return LensResult(
-        model_name=model.name,
-        prompt=prompt_text(model, prompt),
-        tokens=model.token_name.many(token_ids),
-        token_ids=token_ids,
-        layers=[r.label for r in rows],
-        points=[r.hook for r in rows],
-        top_tokens=_names_array(model, stats.pop("top_ids"), stats),
-        targets=target_names,
-        target_ids=target_ids,
-        prepend_bos=fed_bos(model, prompt, token_ids, prepend_bos),
-        warnings=warnings,
-        **stats,
-    )
 
 
 def _run_trace(
@@ -372,7 +391,7 @@ def _run_trace(
             read_embeddings,
             top_k,
             target_ids,
-            model.softcap,
+            model.output_transform,
             backend,
         )
     except LensError:

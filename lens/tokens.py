@@ -1,4 +1,4 @@
-"""Readable token strings.
+"""Token ids in and readable token strings out: the same for every backend.
 
 Tokenizers store pieces in private alphabets: GPT-2's byte-level BPE writes a space as
 ``Ġ``; SentencePiece writes it as ``▁`` and keeps raw bytes as ``<0xE6>``. People should
@@ -10,7 +10,16 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Sequence
 from functools import cache
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lens.errors import LensError
+
+if TYPE_CHECKING:
+    from lens.backend import Backend
 
 _BYTE_PIECE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 _VISIBLE_WHITESPACE = {" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"}
@@ -89,3 +98,127 @@ class TokenNamer:
 
     def many(self, token_ids) -> list[str]:
         return [self(i) for i in token_ids]
+
+
+def tokenizer_prepends_bos(tokenizer) -> bool:
+    """Whether the tokenizer itself starts a text with its BOS token (Llama's does, GPT-2's doesn't)."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and list(tokenizer("x")["input_ids"][:1]) == [bos]
+
+
+def _encode(model: Backend, text: str) -> list[int]:
+    return list(model.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def uses_bos(model: Backend, prepend_bos: bool | None) -> bool:
+    """Whether a BOS token goes first: the model's default unless the caller says."""
+    return model.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
+
+
+def check_text(text: object, what: str) -> None:
+    """Text the tokenizer can read: a str (not bytes) that encodes as UTF-8 (no lone surrogates)."""
+    if not isinstance(text, str):
+        raise LensError(f"{what} must be text (str), not {type(text).__name__}.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise LensError(
+            f"{what} is not valid text: character {exc.start + 1} is a lone surrogate (invalid UTF-8 input)."
+        ) from exc
+
+
+def tokenize_prompt(model: Backend, prompt: str | Sequence[int], prepend_bos: bool | None = None) -> list[int]:
+    """The exact ids the model will be fed, after checking the prompt is usable.
+
+    A list of token ids is fed as it is (``prepend_bos`` is then ignored): a snippet that
+    reproduces a page names its prompt by ids, which no re-tokenizing can change.
+    """
+    if isinstance(prompt, (list, tuple)):
+        return _check_ids(model, prompt)
+    check_text(prompt, "The prompt")
+    if not prompt.strip():
+        raise LensError("The prompt is empty: type some text to look at.")
+    ids = _encode(model, prompt)
+    if uses_bos(model, prepend_bos):
+        if model.tokenizer.bos_token_id is None:
+            raise LensError(f"Model '{model.name}' has no beginning-of-sequence token to prepend.")
+        ids = [model.tokenizer.bos_token_id, *ids]
+    if len(ids) > model.n_ctx:
+        raise LensError(f"The prompt is {len(ids)} tokens long; model '{model.name}' reads at most {model.n_ctx}.")
+    return ids
+
+
+def _check_ids(model: Backend, ids: Sequence[int]) -> list[int]:
+    if not ids:
+        raise LensError("The prompt is empty: give at least one token id.")
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        raise LensError("A prompt given as a list must hold whole-number token ids.")
+    bad = next((int(i) for i in ids if not 0 <= int(i) < model.d_vocab), None)
+    if bad is not None:
+        raise LensError(f"Token id {bad} is outside the vocabulary (0 to {model.d_vocab - 1}).")
+    if len(ids) > model.n_ctx:
+        raise LensError(f"The prompt is {len(ids)} tokens long; model '{model.name}' reads at most {model.n_ctx}.")
+    return [int(i) for i in ids]
+
+
+def prompt_text(model: Backend, prompt: str | Sequence[int]) -> str:
+    """The prompt as text: as typed, or the decoded ids."""
+    return prompt if isinstance(prompt, str) else model.tokenizer.decode(list(prompt))
+
+
+def fed_bos(model: Backend, prompt: str | Sequence[int], token_ids: Sequence[int], prepend_bos: bool | None) -> bool:
+    """Whether a start token was read first: the setting for text, the ids themselves for ids."""
+    if isinstance(prompt, str):
+        return uses_bos(model, prepend_bos)
+    return model.tokenizer.bos_token_id is not None and token_ids[0] == model.tokenizer.bos_token_id
+
+
+def tokenize_target(model: Backend, target: str | int) -> list[int]:
+    """Token ids of a target as it would continue a text.
+
+    Tokenizers treat the start of a string specially (SentencePiece prepends a word
+    boundary), so the target is tokenized after a newline and the newline's ids removed.
+    An int is taken as a token id.
+    """
+    if isinstance(target, (int, np.integer)):
+        if not 0 <= int(target) < model.d_vocab:
+            raise LensError(f"Token id {target} is outside the vocabulary (0 to {model.d_vocab - 1}).")
+        return [int(target)]
+    check_text(target, "A target token")
+    if target == "":
+        raise LensError("A target token is empty.")
+    context, joined = _encode(model, "\n"), _encode(model, "\n" + target)
+    if joined[: len(context)] == context and len(joined) > len(context):
+        return joined[len(context) :]
+    return _encode(model, target)
+
+
+def resolve_targets(model: Backend, targets: Sequence[str | int]) -> tuple[list[int], list[str], list[str]]:
+    """Ids, shown names and warnings for the targets; several-token targets use their first token.
+
+    A single string or id is one target: iterating " Paris" would track its characters.
+    A word typed without its leading space ("Lily") that splits into several tokens is
+    read as its one-token spaced form (" Lily") when there is one: that is what people mean.
+    """
+    if isinstance(targets, (str, int, np.integer)):
+        targets = [targets]
+    ids, names, warnings = [], [], []
+    for target in targets:
+        pieces = tokenize_target(model, target)
+        spaced = tokenize_target(model, " " + target) if isinstance(target, str) and len(pieces) > 1 else []
+        if len(spaced) == 1 and not target[:1].isspace():
+            warnings.append(
+                f"Target {target!r} is {len(pieces)} tokens without a leading space; the lens follows the "
+                f"one-token {model.token_name(spaced[0])!r} instead."
+            )
+            pieces = spaced
+        elif len(pieces) > 1:
+            shown = " + ".join(model.token_name(p) for p in pieces)
+            warnings.append(
+                f"Target {target!r} is {len(pieces)} tokens ({shown}); the lens tracks its first token, "
+                f"{model.token_name(pieces[0])!r}."
+            )
+        if pieces[0] not in ids:
+            ids.append(pieces[0])
+            names.append(model.token_name(pieces[0]))
+    return ids, names, warnings

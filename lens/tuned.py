@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lens.backend import Backend, Row, check_backend, lens_rows
 from lens.budget import check_fits
-from lens.engine import Row, lens_rows, uses_bos
 from lens.errors import LensError
-from lens.model import LensModel
+from lens.lenses import Lens
+from lens.tokens import uses_bos
 
 PUBLISHED_REPO = "AlignmentResearch/tuned-lens"  # a Hugging Face space: lens/<model name>/
 # Models whose published lenses the dashboard offers (hub id -> folder under lens/).
@@ -61,8 +62,10 @@ class TunedLensConfig:
     lens_type: str = "linear_tuned_lens"
 
 
-class TunedLens(torch.nn.Module):
+class TunedLens(torch.nn.Module, Lens):
     """Affine translators for hidden states 0..n_layers-1; the last block's output needs none."""
+
+    kind = "tuned"
 
     def __init__(self, config: TunedLensConfig) -> None:
         super().__init__()
@@ -78,24 +81,19 @@ class TunedLens(torch.nn.Module):
                 torch.nn.init.zeros_(translator.bias)
 
     @classmethod
-    def for_model(cls, model: LensModel) -> TunedLens:
+    def for_model(cls, model: Backend) -> TunedLens:
         return cls(TunedLensConfig(model.name, model.d_model, model.n_layers))
 
     def translate(self, hidden_index: int, resid: torch.Tensor) -> torch.Tensor:
         translator = self.translators[hidden_index]
         return resid + translator(resid.to(translator.weight.dtype)).to(resid.dtype)
 
-    def translator_for(self, rows: Sequence[Row]) -> Callable[[int, torch.Tensor], torch.Tensor]:
-        """Map the engine's row index to this lens's translator (rows after attention have none)."""
-        indices = [_hidden_index(row) for row in rows]
+    def transform(self, row: Row, resid: torch.Tensor) -> torch.Tensor:
+        """The translator of the hidden state this row reads (rows after attention have none)."""
+        index = _hidden_index(row)
+        return resid if index is None else self.translate(index, resid)
 
-        def apply(row_index: int, resid: torch.Tensor) -> torch.Tensor:
-            index = indices[row_index]
-            return resid if index is None else self.translate(index, resid)
-
-        return apply
-
-    def check_compatible(self, model: LensModel) -> None:
+    def check_compatible(self, model: Backend) -> None:
         """Refuse a lens made for another model, in one line that says what differs."""
         c = self.config
         if c.d_model != model.d_model or c.num_hidden_layers != model.n_layers:
@@ -196,7 +194,7 @@ def _download_published(model_name: str) -> Path:
     return Path(config).parent
 
 
-def _token_windows(model: LensModel, texts: Iterable[str], length: int, use_bos: bool) -> Iterator[list[int]]:
+def _token_windows(model: Backend, texts: Iterable[str], length: int, use_bos: bool) -> Iterator[list[int]]:
     """Endless windows of ``length`` tokens over the texts, in order, cycling."""
     body = length - use_bos
     buffer: list[int] = []
@@ -216,7 +214,7 @@ def _token_windows(model: LensModel, texts: Iterable[str], length: int, use_bos:
 
 
 def train_tuned_lens(
-    model: LensModel,
+    model: Backend,
     texts: Sequence[str],
     *,
     steps: int = 300,
@@ -242,8 +240,11 @@ def train_tuned_lens(
     texts = [t for t in texts if isinstance(t, str) and t.strip()]
     if not texts:
         raise LensError("Give some text to train the tuned lens on.")
+    model = check_backend(model)
+    model.capabilities.require("local_weights", "tuned-lens training (it needs the weights here)", model.name)
+    readout = model.readout
     torch.manual_seed(seed)
-    lens = TunedLens.for_model(model).to(model.unembed_weight.device)
+    lens = TunedLens.for_model(model).to(readout.device)
     rows = lens_rows(model, ("resid_pre", "resid_post"))
     hooks = [r.hook for r in rows]
     order = np.random.default_rng(seed)
@@ -251,19 +252,17 @@ def train_tuned_lens(
     windows = _token_windows(model, list(order.permutation(texts)), min(window, model.n_ctx), uses_bos(model, None))
     started = time.monotonic()
     for step in range(1, steps + 1):
-        tokens = torch.tensor([next(windows)], device=model.unembed_weight.device)
+        tokens = torch.tensor([next(windows)], device=readout.device)
         with model.lock:
             with torch.no_grad():
-                cache = model.run_with_cache(tokens, hooks)
+                cache = model.capture(tokens, hooks)
                 residuals = [cache[h][0].float() for h in hooks]
-                final_log_probs = torch.log_softmax(model.logits_from_normed(model.final_norm(residuals[-1])), -1)
+                final_log_probs = torch.log_softmax(readout(residuals[-1]), -1)
                 final_probs = final_log_probs.exp()
             optimizer.zero_grad(set_to_none=True)
             total = 0.0
             for index, resid in enumerate(residuals[:-1]):
-                log_probs = torch.log_softmax(
-                    model.logits_from_normed(model.final_norm(lens.translate(index, resid))), -1
-                )
+                log_probs = torch.log_softmax(readout(lens.translate(index, resid)), -1)
                 loss = (final_probs * (final_log_probs - log_probs)).sum(-1).mean()
                 grads = torch.autograd.grad(loss, list(lens.translators[index].parameters()))
                 for param, grad in zip(lens.translators[index].parameters(), grads, strict=True):
@@ -278,7 +277,7 @@ def train_tuned_lens(
     return lens.eval()
 
 
-def training_key(model: LensModel, texts: Sequence[str], steps: int, lr: float, window: int, seed: int) -> str:
+def training_key(model: Backend, texts: Sequence[str], steps: int, lr: float, window: int, seed: int) -> str:
     """A name for a trained lens's folder: the same inputs give the same lens, so reuse it."""
     digest = hashlib.sha256("\x00".join([model.name, *texts]).encode()).hexdigest()[:12]
     return f"{model_key(model.name)}-{digest}-s{steps}-lr{lr:g}-w{window}-seed{seed}"

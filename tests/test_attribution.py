@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 from lens import LensError, attribute, run_lens
 from lens import attribution as attribution_module
 from lens.attribution import cell_writes, freeze_norm, head_attention
-from lens.engine import lens_rows
+from lens.backend import lens_rows
 from lens.tuned import TunedLens
 from tests.conftest import STORIES
 from tests.test_app import app, assert_no_failure, chart_data, charts  # noqa: F401 - app is a fixture
@@ -41,7 +41,7 @@ def gpt2_tiny(gpt2_tokenizer):
     reference = copy.deepcopy(hf)
     model = LensModel.from_hf(hf, gpt2_tokenizer, name="gpt2-tiny")
     # GPT-2 has no unembedding bias; families that do (GPT-J, Phi) get one here so its part is tested.
-    model.unembed_bias = torch.randn(model.d_vocab, generator=torch.Generator().manual_seed(2)) * 0.1
+    model.readout.bias = torch.randn(model.d_vocab, generator=torch.Generator().manual_seed(2)) * 0.1
     return model, reference
 
 
@@ -52,9 +52,9 @@ def stories_reference():
 
 def _expected_logit(model, normed: np.ndarray, token: int) -> float:
     """The lens's own logit from its own final-norm output (pre-cap), in float64."""
-    value = normed.astype(np.float64) @ model.unembed_weight[:, token].double().numpy()
-    if model.unembed_bias is not None:
-        value += float(model.unembed_bias[token])
+    value = normed.astype(np.float64) @ model.readout.unembed_weight[:, token].double().numpy()
+    if model.readout.bias is not None:
+        value += float(model.readout.bias[token])
     return float(value)
 
 
@@ -76,7 +76,7 @@ def _check_exact_sums(model, prompt, skip_mid: bool = False):
             assert difference.logit == pytest.approx(
                 expected - _expected_logit(model, normed, top2), rel=1e-4, abs=1e-6
             )
-            if model.softcap is None:
+            if model.readout.softcap is None:
                 assert attribution.logit == pytest.approx(
                     float(np.log(result.top_probs[row_index, position, 0]))
                     + float(result.log_normalizer[row_index, position]),

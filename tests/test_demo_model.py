@@ -78,7 +78,7 @@ def test_lens_last_row_is_the_model_output(lens_model, hf_model):
         logits = hf_model(input_ids=torch.tensor([result.token_ids])).logits[0].float()
     reference = torch.log_softmax(logits, dim=-1)
     normed = torch.from_numpy(result.unembed_input[-1])
-    lens_log_probs = torch.log_softmax(lens_model.logits_from_normed(normed), dim=-1)
+    lens_log_probs = torch.log_softmax(lens_model.readout.logits(normed), dim=-1)
     kl = (reference.exp() * (reference - lens_log_probs)).sum(-1)
     print(f"max KL(HF || lens final row) = {kl.max().item():.2e}")
     assert kl.max().item() < 1e-5

@@ -44,7 +44,7 @@ def test_ranks_of_several_targets_equal_a_brute_force_count_across_chunks(gpt2_s
     result = run_lens(model, prompt, targets=[" the", " Paris", 50256, 0], keep_unembed_input=True)
     assert result.n_positions * result.n_rows > engine._chunk_cells(model.d_vocab)  # more than one chunk
     for r in range(result.n_rows):
-        logits = torch.from_numpy(result.unembed_input[r]) @ model.unembed_weight  # [positions, vocab], fp32
+        logits = torch.from_numpy(result.unembed_input[r]) @ model.readout.unembed_weight  # [positions, vocab], fp32
         np.testing.assert_allclose(result.log_normalizer[r], torch.logsumexp(logits.double(), -1), atol=1e-4)
         for t, token_id in enumerate(result.target_ids):
             target = logits[:, token_id : token_id + 1]
@@ -67,12 +67,12 @@ def test_single_pass_statistics_equal_a_float64_computation_in_small_chunks_and_
     monkeypatch.setattr(engine, "CHUNK_BYTES", 4 * vocab * 5 * 3)  # 3 positions of 5 rows
     monkeypatch.setattr(engine, "SLAB_BYTES", 4 * 64 * 40 * 2)  # two blocks a slab, at 40 cells
     monkeypatch.setattr(engine, "REDUCE_BYTES", 4 * 64 * 40)
-    flipped = torch.flip(stories.unembed_rows, [0])
-    monkeypatch.setitem(stories.__dict__, "unembed_rows", flipped)  # the cached W_U rows
+    flipped = torch.flip(stories.readout.unembed_rows, [0])
+    monkeypatch.setattr(stories.readout, "unembed_rows", flipped)
     torch.manual_seed(n_positions)
     normed = torch.randn(5, n_positions, stories.d_model) * 2
     targets, next_ids = [vocab - 1, 3, 300], torch.randint(0, vocab, (n_positions,)).tolist()
-    stats = engine.cell_statistics(stories, normed, 5, targets, next_ids=next_ids)
+    stats = engine.cell_statistics(stories.readout, normed, 5, targets, next_ids=next_ids)
 
     logits = (normed @ flipped.t()).double()  # [rows, positions, vocab]
     log_probs = torch.log_softmax(logits, -1)

@@ -128,7 +128,7 @@ def test_only_the_reduced_arrays_leave_the_trace(backends, monkeypatch):
     ids = model.tokenizer(PROMPTS["demo"])["input_ids"]
     rows, positions, top_k, targets = model.n_layers + 1, len(ids), 7, [11, 13]
     paths = (model.layers_path, model.norm_path, model.head_path)
-    traced_statistics(model.wrapper, torch.tensor([ids]), paths, True, top_k, targets, None)
+    traced_statistics(model.wrapper, torch.tensor([ids]), paths, True, top_k, targets, model.output_transform)
     assert len(returned) == 1 and list(returned[0]) == ["statistics"]
     arrays = returned[0]["statistics"]
     assert set(arrays) == set(SAVED_ARRAYS)
