@@ -101,3 +101,16 @@ def test_lens_json_with_provenance_reads_back(stories):
     text = with_provenance(result.to_json(), view)
     assert json.loads(text)["provenance"] == json.loads(json.dumps(provenance(view)))
     assert LensResult.from_json(text).equals(result)
+
+
+def test_a_prompt_given_as_token_ids_is_read_as_those_ids(stories):
+    import lens
+    from lens import run_lens
+
+    by_text = run_lens(stories, STORY, top_k=3)
+    by_ids = run_lens(stories, by_text.token_ids, top_k=3)
+    assert by_ids.token_ids == by_text.token_ids and by_ids.prepend_bos == by_text.prepend_bos
+    assert by_ids.to_frame().equals(by_text.to_frame())
+    for bad, message in (([], "empty"), ([1, stories.d_vocab], "outside the vocabulary"), ([1, "2"], "whole-number")):
+        with pytest.raises(lens.LensError, match=message):
+            run_lens(stories, bad)
