@@ -3,9 +3,9 @@
 import streamlit as st
 
 from lens import charts
-from ui import page
+from ui import exports, running, state
 
-page.run_through_app()
+running.run_through_app()
 st.title("Token trajectories")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -14,7 +14,7 @@ with st.expander("What am I looking at?"):
         "ranks among all tokens (rank 1 is the favourite). A token that shoots up late was decided late."
     )
 
-ctx = page.context()
+ctx = running.context()
 result = ctx.result
 vocab = ctx.model.d_vocab
 
@@ -62,8 +62,8 @@ tracked = st.multiselect(
     f"at most {charts.MAX_LINES}, so every line keeps its own colour, marker and dash.",
 )
 st.query_params["track"] = ",".join(str(t) for t in tracked)
-measure = page.measure_picker("measure")
-typed = [ctx.settings.target] if ctx.settings.target else []
+measure = state.measure_picker("measure")
+typed = [ctx.choices.target] if ctx.choices.target else []
 if not tracked and not typed:
     st.info("Choose at least one token to follow.")
     st.stop()
@@ -71,7 +71,7 @@ followed = [*tracked, *typed]
 if len(followed) > charts.MAX_LINES:
     st.caption(f"Following the first {charts.MAX_LINES} tokens: more lines could not be told apart.")
     followed = followed[: charts.MAX_LINES]
-traced = page.with_targets(page.query(ctx.settings), followed, ctx.settings.top_k)
+traced = running.with_targets(state.query(ctx.choices), followed, ctx.choices.top_k)
 for warning in traced.warnings:
     st.warning(warning)
 chart = charts.trajectory_chart(traced, position, measure, title=f"Position {position}: {result.tokens[position]}")
@@ -80,7 +80,7 @@ st.altair_chart(charts.stretched(chart), width="stretch")
 table = charts.trajectory_frame(traced, position, measure).pivot(index="layer", columns="token", values="value")
 table = table.reindex(index=list(reversed(traced.layers)), columns=list(dict.fromkeys(traced.targets)))
 st.dataframe(table, height=min(600, 38 + 35 * traced.n_rows), width="stretch")
-page.export_buttons(
+exports.export_buttons(
     traced,
     chart,
     "trajectories",

@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import streamlit as st
 
-import lens
-from ui import config, lenses, links, ndif
+from lens.settings import Settings
+from ui import cached, config, lenses, models, state
+from ui.state import Choices
 
 OTHER = "__other__"
 BOS_OPTIONS = {"default": "Tokenizer's default", "on": "Always", "off": "Never"}
 LENS_KINDS = {"logit": "Logit lens", "tuned": "Tuned lens"}
 MODEL_NOTE = "model_note"
-
-
-@dataclass(frozen=True)
-class Settings:
-    model_name: str
-    prompt: str
-    prepend_bos: bool | None
-    points: tuple[str, ...]
-    top_k: int
-    target: str
-    lens_source: str | None = None  # a tuned lens (folder or hub:<model>); None is the logit lens
 
 
 def _use_example() -> None:
@@ -33,14 +21,13 @@ def _use_example() -> None:
     st.session_state["example"] = None
 
 
-def render() -> Settings:
+def render(server: Settings) -> Choices:
     """Draw the sidebar and return what it says."""
-    server = config.limits()
-    choices = [*config.model_choices(server), *ndif.choices(server.allowlist)]
+    choices = models.choices(server)
     _accept_model_link(choices)
     _fall_back_to_demo(server)
-    links.choice("bos", list(BOS_OPTIONS), BOS_OPTIONS.get, "start-token setting")
-    links.choice("lens_kind", list(LENS_KINDS), LENS_KINDS.get, "lens")
+    state.choice("bos", list(BOS_OPTIONS), BOS_OPTIONS.get, "start-token setting")
+    state.choice("lens_kind", list(LENS_KINDS), LENS_KINDS.get, "lens")
     with st.sidebar:
         st.header("Model and prompt")
         picked = st.selectbox(
@@ -52,8 +39,7 @@ def render() -> Settings:
             help="Small models run quickly on a CPU. 'Demo (offline)' is bundled and needs no network.",
         )
         model_name = picked
-        if ndif.is_remote(picked):
-            ndif.note()
+        models.picker_note(picked)
         if picked == OTHER:
             hint = "a Hugging Face id" + (" or a local folder" if server.allow_local else "")
             model_name = st.text_input(
@@ -121,7 +107,7 @@ def render() -> Settings:
                 help="How many of the most likely tokens the tooltips and bar chart list.",
             )
     points = ("resid_pre",) * embed + ("resid_mid",) * attn + ("resid_post",)
-    return Settings(
+    return Choices(
         model_name=model_name,
         prompt=prompt,
         prepend_bos={"default": None, "on": True, "off": False}[bos],
@@ -133,38 +119,26 @@ def render() -> Settings:
 
 
 def _model_label(model_id: str) -> str:
-    return "Other model id…" if model_id == OTHER else config.model_label(model_id)
+    return "Other model id…" if model_id == OTHER else models.label(model_id)
 
 
 def _accept_model_link(choices: list[str]) -> None:
     """``?model=`` may give an id or a label; an id not in the list is read as a typed model id."""
     value = st.query_params.get("model")
-    if value is None or links.accept_choice("model", [*choices, OTHER], _model_label):
+    if value is None or state.accept_choice("model", [*choices, OTHER], _model_label):
         return
     st.session_state["model"] = OTHER
     st.session_state.setdefault("model_id", value)
 
 
-@st.cache_data(ttl=120, show_spinner=False)
-def _unavailable(model_id: str) -> str | None:
-    """Why a model can't be loaded here without trying (not cached and no hub), or None."""
-    from lens.model import resolve_model_source
-
-    try:
-        resolve_model_source(model_id)
-    except lens.LensError as exc:
-        return str(exc)
-    return None
-
-
-def _fall_back_to_demo(server: config.ServerLimits) -> None:
+def _fall_back_to_demo(server: Settings) -> None:
     """On first contact with no model in the link, open on the demo if the default can't be fetched."""
     if "model" in st.session_state or "model" in st.query_params or server.default_model == "demo":
         return
-    if _unavailable(server.default_model):
+    if cached.unavailable(server.default_model):
         st.session_state["model"] = "demo"
         st.session_state[MODEL_NOTE] = (
-            f"{config.model_label(server.default_model)} couldn't be downloaded (the Hugging Face hub can't be "
+            f"{models.label(server.default_model)} couldn't be downloaded (the Hugging Face hub can't be "
             "reached and it isn't cached here), so this is the bundled demo model. To use it, open the app once "
             "with network access, or set LENS_DEFAULT_MODEL to a folder holding the model."
         )
