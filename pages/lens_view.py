@@ -41,12 +41,22 @@ st.caption(f"Reads a start token first: {'yes' if result.prepend_bos else 'no'} 
 
 window = state.position_window(result, WINDOW) or (0, result.n_positions)
 row, position = state.selected_cell(result, state.query(choices), window)
-chart = charts.heatmap(result, metric, target=target, window=window, selected=(row, position))
+info = charts.METRICS[metric]
+domain = charts.default_domain(info, charts.metric_values(result, metric, target))
+drawn = {"target": target, "window": window, "color_domain": domain, "selected": (row, position)}
+chart = charts.heatmap(result, metric, **drawn)  # what the image exports hold, axes and legend included
 # A wrapping row (ui/static/app.css): the selected cell's details sit beside the heatmap
-# when both fit and below it otherwise, never over it; a heatmap wider than the page
-# scrolls inside its own frame.
+# when both fit and below it otherwise, never over it. A heatmap wider than the page
+# scrolls inside its own frame; its colour legend above and layer names on its left are
+# charts of their own outside that frame, so they stay in view however far it scrolls.
 with st.container(key="lens_charts"):
-    state.selectable_heatmap(chart, (row, position))
+    with st.container(key="lens_heatmap"):
+        with st.container(key="lens_legend"):
+            st.altair_chart(charts.colour_legend(metric, domain), width="content")
+        with st.container(horizontal=True, gap=None, key="lens_heatmap_row"):
+            with st.container(key="lens_layer_axis", width="content"):
+                st.altair_chart(charts.layer_axis(result.layers), width="content")
+            state.selectable_heatmap(charts.heatmap(result, metric, axes_apart=True, **drawn), (row, position))
     with st.container(key="cell_details"):
         state.cell_picker(result, window, (row, position))
         st.altair_chart(charts.topk_bars(result, row, position), width="content")

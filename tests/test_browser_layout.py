@@ -129,3 +129,76 @@ def test_axe_finds_no_serious_violation(tab, page):
         if v["impact"] in ("critical", "serious")
     ]
     assert not serious, serious
+
+
+# Whether each layer name and each colour legend is wholly in view: inside the window and not
+# cut off by a frame that scrolls (or hides) what overflows it.
+AXES_IN_VIEW = """() => {
+  const shown = el => {
+    const r = el.getBoundingClientRect();
+    let left = Math.max(r.left, 0), right = Math.min(r.right, innerWidth);
+    for (let a = el.parentElement; a; a = a.parentElement) {
+      if (['auto', 'scroll', 'hidden'].includes(getComputedStyle(a).overflowX)) {
+        const b = a.getBoundingClientRect();
+        left = Math.max(left, b.left); right = Math.min(right, b.right);
+      }
+    }
+    return r.width > 0 && right - left >= r.width - 1;
+  };
+  const layer = /^L\\d+( \\(output\\))?$/;
+  const labels = [...document.querySelectorAll('[data-testid=stVegaLiteChart] g.role-axis text')]
+    .filter(t => layer.test(t.textContent));
+  const legends = [...document.querySelectorAll('[data-testid=stVegaLiteChart] g.role-legend')];
+  return {labels: labels.map(t => [t.textContent, shown(t)]), legends: legends.map(shown)};
+}"""
+
+HEATMAP = "[class*=st-key-heatmap_] [data-testid=stVegaLiteChart]"
+# The selectable heatmap's frame, the leftmost cell wholly inside it (middle row), and the outline.
+CELLS = """() => {
+  const frame = document.querySelector('[class*=st-key-heatmap_] [data-testid=stVegaLiteChart]');
+  const box = e => {
+    const r = e.getBoundingClientRect();
+    return {left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+  };
+  const groups = frame.querySelectorAll('svg.marks g.mark-rect');
+  const view = box(frame);
+  const cells = [...groups[0].querySelectorAll('path')].map(box)
+    .filter(c => c.left >= view.left + 2 && c.right <= view.right - 2);
+  const tops = [...new Set(cells.map(c => Math.round(c.top)))].sort((a, b) => a - b);
+  const row = tops[Math.floor(tops.length / 2)];
+  const pick = cells.filter(c => Math.round(c.top) === row).sort((a, b) => a.left - b.left)[0];
+  return {frame: view, pick, outline: groups.length > 1 ? box(groups[groups.length - 1]) : null};
+}"""
+
+
+def test_wide_heatmap_keeps_layer_names_legend_and_clicked_cell_in_view(tab):
+    _open(tab, "lens", PROMPTS["40tok"])
+    n_layers = 12
+    problems = []
+    for width in WIDTHS:
+        tab.set_viewport_size({"width": width, "height": 900})
+        tab.wait_for_timeout(700)
+        seen = tab.evaluate(AXES_IN_VIEW)
+        hidden = [name for name, shown in seen["labels"] if not shown]
+        if len(seen["labels"]) != n_layers or hidden:
+            problems.append(f"{width}px: layer names not all in view ({len(seen['labels'])} found; hidden {hidden})")
+        if not seen["legends"] or not all(seen["legends"]):
+            problems.append(f"{width}px: the colour legend is not wholly in view {seen['legends']}")
+        # Scroll the heatmap to its left end, click a cell there: after the rerun it stays in view.
+        tab.locator(HEATMAP).first.evaluate("f => f.scrollBy(-100000, 0)")
+        tab.wait_for_timeout(300)
+        before = tab.evaluate(CELLS)
+        pick = before["pick"]
+        tab.mouse.click((pick["left"] + pick["right"]) / 2, (pick["top"] + pick["bottom"]) / 2)
+        tab.wait_for_timeout(500)
+        wait_idle(tab)
+        tab.wait_for_timeout(300)
+        after = tab.evaluate(CELLS)
+        shoot(tab, f"clicked-cell-{width}")
+        outline, frame = after["outline"], after["frame"]
+        if outline is None or outline["left"] < frame["left"] - 3 or outline["right"] > frame["right"] + 3:
+            problems.append(f"{width}px: the clicked cell's outline {outline} is outside its frame {frame}")
+        elif abs(outline["left"] - pick["left"]) > 4:
+            moved = f"cell at {pick['left']}, now {outline['left']}"
+            problems.append(f"{width}px: the heatmap scrolled on a click ({moved})")
+    assert not problems, "\n".join(problems)

@@ -13,7 +13,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 @cache
 def _markup() -> str:
     css = (STATIC / "app.css").read_text(encoding="utf-8")
-    script = (STATIC / "focusable_frames.js").read_text(encoding="utf-8")
+    script = "\n".join(
+        (STATIC / name).read_text(encoding="utf-8") for name in ("focusable_frames.js", "heatmap_scroll.js")
+    )
     return f"<style>{css}</style><script>{script}</script>"
 
 
