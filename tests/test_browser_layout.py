@@ -202,3 +202,35 @@ def test_wide_heatmap_keeps_layer_names_legend_and_clicked_cell_in_view(tab):
             moved = f"cell at {pick['left']}, now {outline['left']}"
             problems.append(f"{width}px: the heatmap scrolled on a click ({moved})")
     assert not problems, "\n".join(problems)
+
+
+# Every axis, legend and title text of every chart: its text, computed fill and fill opacity.
+CHART_TEXT = """() => [...document.querySelectorAll(
+    ['g.role-axis', 'g.role-legend', 'g.role-title'].map(g => `[data-testid=stVegaLiteChart] ${g} text`).join(', '))]
+  .filter(t => t.textContent.trim())
+  .map(t => {
+    const s = getComputedStyle(t);
+    return [t.textContent, s.fill, parseFloat(s.fillOpacity) * parseFloat(s.opacity)];
+  })
+"""
+
+
+def _contrast_on_white(fill: str, alpha: float) -> float:
+    """WCAG contrast of a CSS rgb() fill, blended at ``alpha`` over the page's white."""
+    channels = [float(v) for v in fill[fill.index("(") + 1 : fill.index(")")].split(",")[:3]]
+    blended = [alpha * c + (1 - alpha) * 255 for c in channels]
+    linear = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in blended]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return 1.05 / (luminance + 0.05)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "tuned"])
+def test_chart_text_contrast(tab, page):
+    """Axis labels, layer and token names, legends and titles read at 4.5:1 or better, as drawn."""
+    _open(tab, page, PROMPTS["13tok"])
+    texts = tab.evaluate(CHART_TEXT)
+    assert len(texts) > 10, texts  # the charts are there and their text is found
+    # Labels an axis hides where they would overlap are drawn fully transparent: not shown, not measured.
+    faint = [(text, fill, round(_contrast_on_white(fill, alpha), 2)) for text, fill, alpha in texts if alpha > 0]
+    faint = [t for t in faint if t[2] < 4.5]
+    assert not faint, faint[:10]
