@@ -222,3 +222,22 @@ def resolve_targets(model: Backend, targets: Sequence[str | int]) -> tuple[list[
             ids.append(pieces[0])
             names.append(model.token_name(pieces[0]))
     return ids, names, warnings
+
+
+def spacing_twin(model: Backend, target: str | int) -> tuple[int, int] | None:
+    """(the id followed, the other spelling's id) when a typed word is one token both with and
+    without its leading space ("Paris" 40313 and " Paris" 6342 in GPT-2); else None.
+
+    Both are real tokens with different meanings in context (after "city of", GPT-2 writes
+    " Paris"), so a page says which one it follows and offers the other.
+    """
+    if not isinstance(target, str) or not target.strip():
+        return None
+    word = target.lstrip()
+    bare, spaced = tokenize_target(model, word), tokenize_target(model, " " + word)
+    if len(bare) != 1 or len(spaced) != 1 or bare == spaced:
+        return None
+    followed = resolve_targets(model, [target])[0][0]
+    if followed not in (bare[0], spaced[0]):
+        return None
+    return followed, spaced[0] if followed == bare[0] else bare[0]

@@ -22,6 +22,7 @@ import pandas as pd
 import streamlit as st
 
 import lens
+from lens.tokens import spacing_twin
 from ui import cached, config, models
 from ui.cached import LensQuery
 from ui.state import Choices, choices, query
@@ -294,5 +295,29 @@ def describe_target(model: lens.LensModel | lens.NnsightModel, c: Choices) -> No
         return
     if warnings:
         caption.caption(f":material/warning: {warnings[0]}")
-    else:
+        return
+    twin = spacing_twin(model, c.target)
+    if twin is None:
         caption.caption(f"One token: `{names[0]}` (id {ids[0]})")
+        return
+    followed, other = twin
+    box = caption.container()
+    spaced = "without" if c.target[:1].isspace() else "with"
+    line = f"Following `{names[0]}` (id {followed}), as typed. The same word {spaced} a leading space, "
+    line += f"`{model.token_name(other)}` (id {other}), is another token"
+    if models.has_local_weights(model):  # both from the cached run: no new forward pass
+        both = with_targets(query(c), [followed, other], c.top_k)
+        line += f": at the last position the output gives it {both.target_probs[1, -1, -1]:.1%}"
+        line += f" (the followed one {both.target_probs[0, -1, -1]:.1%})"
+    box.caption(line + ".")
+    box.button(
+        f"Follow {model.token_name(other)} instead",
+        key="follow_twin",
+        on_click=_set_target,
+        args=(lens.typable_token(model, other),),
+        help="Switch the target to the other spelling.",
+    )
+
+
+def _set_target(text: str) -> None:
+    st.session_state["target"] = text

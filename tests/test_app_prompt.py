@@ -1,0 +1,58 @@
+"""The sidebar's prompt and target under AppTest, on a small GPT-2-shaped model with the real tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from lens import load_model, run_lens
+from tests.conftest import GPT2_TOKENIZER, ROOT, require_shared
+from tests.test_app import assert_no_failure
+
+PROMPT = "The Eiffel Tower is in the city of"
+
+
+@pytest.fixture(scope="module")
+def small_gpt2(tmp_path_factory):
+    """Two layers of GPT-2's shape, random weights, the real GPT-2 tokenizer (Paris is 40313, ' Paris' 6342)."""
+    require_shared()
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    folder = tmp_path_factory.mktemp("small-gpt2")
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=64, n_head=2)).save_pretrained(folder)
+    GPT2TokenizerFast.from_pretrained(str(GPT2_TOKENIZER)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def gpt2_app(monkeypatch, small_gpt2, tmp_path):
+    monkeypatch.setenv("LENS_DEFAULT_MODEL", str(small_gpt2))
+    monkeypatch.setenv("LENS_CACHE_DIR", str(tmp_path))
+    for name in ("LENS_ALLOW_LOCAL", "LENS_MODEL_ALLOWLIST", "LENS_MAX_TOKENS"):
+        monkeypatch.delenv(name, raising=False)
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    at.query_params["prompt"] = PROMPT
+    return at
+
+
+def _sidebar_captions(at: AppTest) -> list[str]:
+    return [c.value for c in at.sidebar.caption]
+
+
+def test_bare_target_says_which_spelling_it_follows_and_switches_in_one_click(gpt2_app, small_gpt2):
+    gpt2_app.query_params["target"] = "Paris"
+    gpt2_app.run()
+    assert_no_failure(gpt2_app)
+    model = load_model(str(small_gpt2))
+    spaced = run_lens(model, PROMPT, top_k=1, targets=[6342])
+    expected = f"{spaced.target_probs[0, -1, -1]:.1%}"
+    line = next(c for c in _sidebar_captions(gpt2_app) if "Following" in c)
+    assert "id 40313" in line and "id 6342" in line and expected in line, line
+    button = next(b for b in gpt2_app.sidebar.button if b.key == "follow_twin")
+    button.click().run()
+    assert_no_failure(gpt2_app)
+    assert gpt2_app.sidebar.text_input(key="target").value == " Paris"
+    line = next(c for c in _sidebar_captions(gpt2_app) if "Following" in c)
+    assert line.startswith("Following `␣Paris` (id 6342)"), line
