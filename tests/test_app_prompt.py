@@ -56,3 +56,28 @@ def test_bare_target_says_which_spelling_it_follows_and_switches_in_one_click(gp
     assert gpt2_app.sidebar.text_input(key="target").value == " Paris"
     line = next(c for c in _sidebar_captions(gpt2_app) if "Following" in c)
     assert line.startswith("Following `␣Paris` (id 6342)"), line
+
+
+def test_whitespace_at_either_end_is_named_and_trimmed_in_one_click(gpt2_app):
+    gpt2_app.query_params["prompt"] = PROMPT + " "
+    gpt2_app.run()
+    assert_no_failure(gpt2_app)
+    assert any("ends with whitespace" in w.value for w in gpt2_app.sidebar.warning)
+    gpt2_app.sidebar.button(key="trim_prompt").click().run()
+    assert_no_failure(gpt2_app)
+    assert gpt2_app.sidebar.text_area(key="prompt").value == PROMPT
+    assert not any("whitespace" in w.value for w in gpt2_app.sidebar.warning)
+
+
+def test_prompt_tokens_show_as_escaped_chips(gpt2_app, small_gpt2):
+    prompt = "A <b>bold</b> & plain city of"
+    gpt2_app.query_params["prompt"] = prompt
+    gpt2_app.run()
+    assert_no_failure(gpt2_app)
+    chips = [h.proto.body for h in gpt2_app.sidebar.get("html") if "lens-chip" in h.proto.body]
+    assert len(chips) == 1
+    expected = run_lens(load_model(str(small_gpt2)), prompt, top_k=1)
+    assert chips[0].count('class="lens-chip"') == expected.n_positions
+    assert "<b>" not in chips[0] and "</b>" not in chips[0] and "&lt;" in chips[0] and "&amp;" in chips[0]
+    for token_id in expected.token_ids:
+        assert f"id {token_id}" in chips[0]

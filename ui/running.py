@@ -7,6 +7,7 @@ becomes one line on the page, and its traceback goes to the server log through
 
 from __future__ import annotations
 
+import html
 import logging
 import queue
 import runpy
@@ -25,7 +26,7 @@ import lens
 from lens.tokens import spacing_twin
 from ui import cached, config, models
 from ui.cached import LensQuery
-from ui.state import Choices, choices, query
+from ui.state import PROMPT_TOKENS, Choices, choices, query
 
 T = TypeVar("T")
 Report = Callable[..., None]  # report(message, fraction or None, value=None)
@@ -280,7 +281,29 @@ def context(needs_local_weights: str | None = None) -> Context:
         show_error(str(exc))
         st.stop()
     describe_target(model, c)
+    show_tokens(result)
     return Context(c, model, result)
+
+
+CHIPS_SHOWN = 64  # a long prompt's chips stop here, with a count of the rest
+
+
+def show_tokens(result: lens.LensResult) -> None:
+    """The prompt's tokens as chips under the prompt box (␣ marks a space); each names its id on hover.
+
+    Token text is escaped: a token is data, never markup.
+    """
+    slot = st.session_state.get(PROMPT_TOKENS)
+    if slot is None:
+        return
+    chips = "".join(
+        f'<span class="lens-chip" title="position {i}, id {token_id}">{html.escape(token)}</span>'
+        for i, (token, token_id) in enumerate(zip(result.tokens[:CHIPS_SHOWN], result.token_ids, strict=False))
+    )
+    rest = result.n_positions - CHIPS_SHOWN
+    more = f'<span class="lens-chip-more">+{rest} more</span>' if rest > 0 else ""
+    label = f"{result.n_positions} tokens, as the model reads them"
+    slot.html(f'<div class="lens-chips"><small>{label}:</small> {chips}{more}</div>')
 
 
 def describe_target(model: lens.LensModel | lens.NnsightModel, c: Choices) -> None:

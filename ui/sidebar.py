@@ -14,6 +14,28 @@ LENS_KINDS = {"logit": "Logit lens", "tuned": "Tuned lens"}
 MODEL_NOTE = "model_note"
 
 
+def _warn_about_whitespace(prompt: str) -> None:
+    """One line, and a one-click trim, when the prompt starts or ends with whitespace.
+
+    Most tokenizers attach a space to the word after it (" Paris"), so a trailing space
+    leaves the model to predict a word without one: on Llama-3.1-8B it drops " Paris"
+    after "…the city of" from 89.5% to 2.5%.
+    """
+    ends = [where for where, edge in (("starts", prompt[:1]), ("ends", prompt[-1:])) if edge.isspace()]
+    if not ends or not prompt.strip():
+        return
+    st.warning(
+        f"The prompt {' and '.join(ends)} with whitespace. Tokens usually carry their leading space, so a "
+        "trailing space can change the next-token guesses a lot.",
+        icon=":material/space_bar:",
+    )
+    st.button("Trim the whitespace", key="trim_prompt", on_click=_trim_prompt)
+
+
+def _trim_prompt() -> None:
+    st.session_state["prompt"] = st.session_state["prompt"].strip()
+
+
 def _use_example() -> None:
     example = st.session_state.get("example")
     if example:
@@ -57,12 +79,15 @@ def render(server: Settings) -> Choices:
             height=100,
             help="The text the model reads. The lens shows its guess for the next token at every position.",
         )
+        _warn_about_whitespace(prompt)
+        st.session_state[state.PROMPT_TOKENS] = st.empty()  # the prompt's tokens, drawn once the model is loaded
         st.selectbox(
             "Or pick an example",
             [None, *config.EXAMPLE_PROMPTS],
             key="example",
             on_change=_use_example,
             format_func=lambda p: "—" if p is None else p.replace("\n", " ⏎ "),
+            placeholder="—",  # after a pick the box is empty again: "—", not Streamlit's "Choose an option"
         )
         target = st.text_input(
             "Target token",

@@ -20,6 +20,7 @@ from ui.cached import LensQuery
 
 CELL = "cell"  # session key and URL parameter of the selected heatmap cell, "row,position"
 CHOICES = "choices"  # session key of this run's sidebar choices
+PROMPT_TOKENS = "prompt_tokens"  # session key of the sidebar slot the prompt's token chips go in
 METRIC_HELP = (
     "Top-1 probability: how sure the layer is. Entropy: how spread out its guesses are. KL to final output: "
     "how far it is from the model's real answer. Target: how the token you typed in the sidebar fares."
