@@ -73,13 +73,18 @@ position_label = middle.selectbox(
 position = positions.index(position_label)
 row_index = result.layers.index(row)
 top_guess = typable_token(model, int(result.top_ids[row_index, position, 0]))
+# One target: the sidebar's, unless this box names another token to explain on this page only.
+sidebar_target = ctx.choices.target
 typed_target = right.text_input(
-    "Target token",
+    "Token to explain (this page only)",
     key="attr_target",
     bind="query-params",
-    placeholder=top_guess,
-    help="The token to explain; empty means the lens's top guess at this cell. '#123' is token id 123.",
+    placeholder=sidebar_target or top_guess,
+    help="Empty: the sidebar's target token, or the lens's top guess at this cell when none is typed there. "
+    "A token here is explained on this page only; the other pages keep following the sidebar's. "
+    "'#123' is token id 123.",
 )
+explained_token = typed_target or sidebar_target or top_guess
 contrast = far.text_input(
     "Contrast token (optional)",
     key="attr_contrast",
@@ -94,11 +99,16 @@ try:
     with st.spinner("Splitting the logit into the model's parts…", show_time=True):
         writes = cached.cell_writes(query, row, position)
     attribution = writes.attribute(
-        model, parse_token(typed_target or top_guess), parse_token(contrast) if contrast.strip() else None
+        model, parse_token(explained_token), parse_token(contrast) if contrast.strip() else None
     )
 except lens.LensError as exc:
     running.show_error(str(exc))
     st.stop()
+if typed_target and sidebar_target and parse_token(typed_target) != parse_token(sidebar_target):
+    st.caption(
+        ":material/info: This page explains the token in its own box, not the sidebar's target; "
+        "clear the box to explain the sidebar's target here too."
+    )
 
 what = f"`{attribution.target}`" + (f" − `{attribution.contrast}`" if attribution.contrast else "")
 shown = "logit difference" if attribution.contrast else "logit"

@@ -1,4 +1,4 @@
-"""The sidebar's prompt and target under AppTest, on a small GPT-2-shaped model with the real tokenizer."""
+"""Prompt and target under AppTest: a target's two spellings, whitespace, token chips, Attribution's one target."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from lens import load_model, run_lens
+from tests import test_app as base
 from tests.conftest import GPT2_TOKENIZER, ROOT, require_shared
 from tests.test_app import assert_no_failure
+
+app = base.app  # stories260K
 
 PROMPT = "The Eiffel Tower is in the city of"
 
@@ -81,3 +84,16 @@ def test_prompt_tokens_show_as_escaped_chips(gpt2_app, small_gpt2):
     assert "<b>" not in chips[0] and "</b>" not in chips[0] and "&lt;" in chips[0] and "&amp;" in chips[0]
     for token_id in expected.token_ids:
         assert f"id {token_id}" in chips[0]
+
+
+def test_attribution_explains_the_sidebars_target_unless_its_own_box_says_otherwise(app):
+    app.switch_page("pages/attribution.py")
+    app.query_params.update({"target": " Lily", "attr_row": "L2", "attr_position": "5 ␣time"})
+    app.run()
+    assert_no_failure(app)
+    assert any("`␣Lily`" in m.value and "Explaining" in m.value for m in app.markdown)
+    assert not any("its own box" in c.value for c in app.caption)
+    app.text_input(key="attr_target").set_value(" a").run()
+    assert_no_failure(app)
+    assert any("`␣a`" in m.value and "Explaining" in m.value for m in app.markdown)
+    assert any("its own box" in c.value for c in app.caption)

@@ -62,10 +62,14 @@ def comparison_files(results: Mapping[str, lens.LensResult]) -> tuple[bytes, str
 
 
 def _render(spec: str, digest: str, key: str) -> None:
+    """Both images, with a progress bar: each takes vl_convert a few seconds on a large chart."""
     import vl_convert
 
+    bar = st.progress(0.0, text="Drawing the PNG (1 of 2)…")
     png = vl_convert.vegalite_to_png(spec, scale=2)
+    bar.progress(0.5, text="Drawing the SVG (2 of 2)…")
     svg = vl_convert.vegalite_to_svg(spec)
+    bar.empty()
     st.session_state[key] = (digest, png, svg)
 
 
@@ -104,17 +108,23 @@ def buttons(
             on_click="ignore",
             help=json_help,
         )
+        # One slot: the button, then its progress bar while the images are drawn (a click's
+        # rerun draws them here, not in a callback, which could show nothing), then the downloads.
+        slot = st.empty()
+        if (images is None or images[0] != digest) and slot.button(
+            "Prepare PNG and SVG",
+            key=f"{stem}_prepare",
+            help="Drawing the images takes a few seconds, with progress shown; then they download at once.",
+        ):
+            with slot.container():
+                _render(spec, digest, key)
+            images = st.session_state[key]
         if images is not None and images[0] == digest:
-            st.download_button("PNG", images[1], f"{stem}.png", "image/png", key=f"{stem}_png", on_click="ignore")
-            st.download_button("SVG", images[2], f"{stem}.svg", "image/svg+xml", key=f"{stem}_svg", on_click="ignore")
-        else:
-            st.button(
-                "Prepare PNG and SVG",
-                key=f"{stem}_prepare",
-                on_click=_render,
-                args=(spec, digest, key),
-                help="Drawing the images takes a second; then they download at once.",
-            )
+            with slot.container(horizontal=True, gap="small"):
+                st.download_button("PNG", images[1], f"{stem}.png", "image/png", key=f"{stem}_png", on_click="ignore")
+                st.download_button(
+                    "SVG", images[2], f"{stem}.svg", "image/svg+xml", key=f"{stem}_svg", on_click="ignore"
+                )
 
 
 def export_buttons(

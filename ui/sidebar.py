@@ -99,6 +99,11 @@ def render(server: Settings) -> Choices:
         )
         st.session_state["target_caption"] = st.empty()
         lens_source = _lens_picker(model_name)
+        # A constant button (ui/static/copy_link.js copies the address); the status line is read out.
+        st.html(
+            '<div class="lens-copy"><button type="button" class="lens-copy-link">Copy link to this view</button>'
+            '<span class="lens-copy-status" role="status"></span></div>'
+        )
         with st.expander("More settings"):
             bos = st.radio(
                 "Start-of-text token",
