@@ -50,7 +50,8 @@ def test_bare_target_says_which_spelling_it_follows_and_switches_in_one_click(gp
     assert_no_failure(gpt2_app)
     model = load_model(str(small_gpt2))
     spaced = run_lens(model, PROMPT, top_k=1, targets=[6342])
-    expected = f"{spaced.target_probs[0, -1, -1]:.1%}"
+    p = float(spaced.target_probs[0, -1, -1])
+    expected = f"{p:.1%}" if p >= 0.001 else f"{100 * p:.2g}%"
     line = next(c for c in _sidebar_captions(gpt2_app) if "Following" in c)
     assert "id 40313" in line and "id 6342" in line and expected in line, line
     button = next(b for b in gpt2_app.sidebar.button if b.key == "follow_twin")

@@ -330,8 +330,8 @@ def describe_target(model: lens.LensModel | lens.NnsightModel, c: Choices) -> No
     line += f"`{model.token_name(other)}` (id {other}), is another token"
     if models.has_local_weights(model):  # both from the cached run: no new forward pass
         both = with_targets(query(c), [followed, other], c.top_k)
-        line += f": at the last position the output gives it {both.target_probs[1, -1, -1]:.1%}"
-        line += f" (the followed one {both.target_probs[0, -1, -1]:.1%})"
+        other_p, followed_p = (_percent(both.target_probs[i, -1, -1]) for i in (1, 0))
+        line += f": at the last position the output gives it {other_p} (the followed one {followed_p})"
     box.caption(line + ".")
     box.button(
         f"Follow {model.token_name(other)} instead",
@@ -340,6 +340,11 @@ def describe_target(model: lens.LensModel | lens.NnsightModel, c: Choices) -> No
         args=(lens.typable_token(model, other),),
         help="Switch the target to the other spelling.",
     )
+
+
+def _percent(p: float) -> str:
+    """A probability as a percentage, in scientific notation when 0.1% would read as 0.0%."""
+    return f"{p:.1%}" if p >= 0.001 else f"{100 * p:.2g}%"
 
 
 def _set_target(text: str) -> None:
