@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import re
 
 import streamlit as st
@@ -32,7 +36,6 @@ def keep_valid(key: str, options) -> None:
         del st.session_state[key]
 
 
-running.run_through_app()
 st.title("Attribution: why this token?")
 st.markdown(
     "**How much each part of the model pushed this word up or down at this point.** Every layer's attention "

@@ -1,5 +1,9 @@
 """Several prompts on one model, one prompt on two models, or two lenses: side by side."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import pandas as pd
 import streamlit as st
 
@@ -8,7 +12,6 @@ from lens import charts, js_divergence, same_vocabulary, token_text
 from lens.provenance import Run, View
 from ui import cached, config, exports, lenses, models, reproduce, running, state
 
-running.run_through_app()
 st.title("Compare")
 with st.expander("What am I looking at?"):
     st.markdown(

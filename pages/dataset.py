@@ -1,5 +1,9 @@
 """Corpus statistics: how well each layer predicts, averaged over many texts."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import pandas as pd
 import streamlit as st
 
@@ -10,7 +14,6 @@ from ui import config, corpus_input, models, reproduce, running, state
 
 URL_TEXT_LIMIT = 2000  # characters of pasted text kept in the page's link
 
-running.run_through_app()
 st.title("Dataset statistics")
 with st.expander("What am I looking at?"):
     st.markdown(

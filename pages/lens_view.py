@@ -1,5 +1,9 @@
 """Home page: the layer-by-position heatmap of the model's guesses."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import streamlit as st
 
 from lens import charts, typable_token
@@ -7,7 +11,6 @@ from ui import exports, running, state
 
 WINDOW = 16
 
-running.run_through_app()
 choices = state.choices()
 lens_name = "Tuned lens" if choices.lens_source else "Logit lens"
 st.title(lens_name)

@@ -1,11 +1,14 @@
 """How chosen tokens rise and fall across the layers at one position."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import streamlit as st
 
 from lens import charts
 from ui import exports, running, state
 
-running.run_through_app()
 st.title("Token trajectories")
 with st.expander("What am I looking at?"):
     st.markdown(

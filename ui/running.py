@@ -10,13 +10,11 @@ from __future__ import annotations
 import html
 import logging
 import queue
-import runpy
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TypeVar
 
 import pandas as pd
@@ -30,7 +28,6 @@ from ui.state import PROMPT_TOKENS, Choices, choices, query
 
 T = TypeVar("T")
 Report = Callable[..., None]  # report(message, fraction or None, value=None)
-APP = Path(__file__).resolve().parent.parent / "app.py"
 log = logging.getLogger("lens.app")
 
 
@@ -39,20 +36,6 @@ class Context:
     choices: Choices
     model: lens.LensModel | lens.NnsightModel
     result: lens.LensResult
-
-
-def run_through_app() -> None:
-    """Make sure app.py, with its navigation and sidebar, drives this run.
-
-    When the very first request a server sees opens a sub-page URL, Streamlit runs that
-    page file on its own (its legacy pages/ folder mode) until app.py has called
-    st.navigation once. Then run app.py, which draws this same page, and stop here.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        runpy.run_path(str(APP), run_name="__main__")
-        st.stop()
 
 
 def one_line(error: BaseException, what: str) -> str:

@@ -14,9 +14,7 @@ SCRIPTS = ("focusable_frames.js", "heatmap_scroll.js", "copy_link.js")
 @cache
 def _markup() -> str:
     css = (STATIC / "app.css").read_text(encoding="utf-8")
-    script = "\n".join(
-        (STATIC / name).read_text(encoding="utf-8") for name in SCRIPTS
-    )
+    script = "\n".join((STATIC / name).read_text(encoding="utf-8") for name in SCRIPTS)
     return f"<style>{css}</style><script>{script}</script>"
 
 
