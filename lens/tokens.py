@@ -241,3 +241,18 @@ def spacing_twin(model: Backend, target: str | int) -> tuple[int, int] | None:
     if followed not in (bare[0], spaced[0]):
         return None
     return followed, spaced[0] if followed == bare[0] else bare[0]
+
+
+def chat_prompt(tokenizer, text: str) -> str:
+    """``text`` as one user message in the tokenizer's chat format, ready for the assistant's reply.
+
+    Instruction-tuned models answer far better inside their own format; the returned text
+    holds the format's special tokens (a start token too, for most), which the tokenizer
+    reads back as those tokens.
+    """
+    check_text(text, "The prompt")
+    if not getattr(tokenizer, "chat_template", None):
+        raise LensError("This model's tokenizer has no chat template.")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )

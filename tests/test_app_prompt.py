@@ -98,3 +98,41 @@ def test_attribution_explains_the_sidebars_target_unless_its_own_box_says_otherw
     assert_no_failure(app)
     assert any("`␣a`" in m.value and "Explaining" in m.value for m in app.markdown)
     assert any("its own box" in c.value for c in app.caption)
+
+
+TEMPLATE = (
+    "{% for m in messages %}<|user|>{{ m['content'] }}{% endfor %}"
+    "{% if add_generation_prompt %}<|bot|>{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def chat_gpt2(small_gpt2, tmp_path_factory):
+    """The small model with a chat template in its tokenizer."""
+    import shutil
+
+    from transformers import GPT2TokenizerFast
+
+    folder = tmp_path_factory.mktemp("chat-gpt2")
+    shutil.copytree(small_gpt2, folder, dirs_exist_ok=True)
+    tokenizer = GPT2TokenizerFast.from_pretrained(str(small_gpt2))
+    tokenizer.chat_template = TEMPLATE
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_chat_template_is_offered_only_with_one_and_said_on_the_page_when_on(gpt2_app, chat_gpt2, monkeypatch):
+    gpt2_app.run()
+    assert_no_failure(gpt2_app)
+    assert not [t for t in gpt2_app.sidebar.toggle if t.key == "chat_template"]  # GPT-2's tokenizer has none
+    monkeypatch.setenv("LENS_DEFAULT_MODEL", str(chat_gpt2))
+    chat_app = AppTest.from_file(str(ROOT / "app.py"), default_timeout=120)
+    chat_app.query_params.update({"prompt": PROMPT, "chat_template": "true"})
+    chat_app.run()
+    assert_no_failure(chat_app)
+    assert chat_app.sidebar.toggle(key="chat_template").value
+    assert any("Chat template on" in i.value for i in chat_app.info)
+    expected = run_lens(load_model(str(chat_gpt2)), f"<|user|>{PROMPT}<|bot|>", top_k=1)
+    chips = next(h.proto.body for h in chat_app.sidebar.get("html") if "lens-chip" in h.proto.body)
+    assert chips.count('class="lens-chip"') == expected.n_positions
+    assert "&lt;" in chips and "bot" in chips

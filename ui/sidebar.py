@@ -5,6 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from lens.settings import Settings
+from lens.tokens import chat_prompt
 from ui import cached, config, lenses, models, state
 from ui.state import Choices
 
@@ -98,6 +99,15 @@ def render(server: Settings) -> Choices:
             "Most tokens start with a space, so type ' Paris' rather than 'Paris'.",
         )
         st.session_state["target_caption"] = st.empty()
+        chat_template = False
+        if model_name and cached.chat_tokenizer(model_name) is not None:
+            chat_template = st.toggle(
+                "Apply chat template",
+                key="chat_template",
+                bind="query-params",
+                help="Wrap the prompt as a user message in this model's chat format, as an instruction-tuned "
+                "model expects; the tokens above then show exactly what it reads.",
+            )
         lens_source = _lens_picker(model_name)
         # A constant button (ui/static/copy_link.js copies the address); the status line is read out.
         st.html(
@@ -137,10 +147,17 @@ def render(server: Settings) -> Choices:
                 help="How many of the most likely tokens the tooltips and bar chart list.",
             )
     points = ("resid_pre",) * embed + ("resid_mid",) * attn + ("resid_post",)
+    prepend_bos = {"default": None, "on": True, "off": False}[bos]
+    chat = chat_template and prompt.strip() and cached.chat_tokenizer(model_name)
+    if chat:
+        prompt = chat_prompt(chat, prompt)
+        if chat.bos_token and prompt.startswith(chat.bos_token):
+            prepend_bos = False  # the format already starts with it
     return Choices(
         model_name=model_name,
         prompt=prompt,
-        prepend_bos={"default": None, "on": True, "off": False}[bos],
+        prepend_bos=prepend_bos,
+        chat_template=bool(chat),
         points=points,
         top_k=int(top_k),
         target=target,

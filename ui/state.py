@@ -38,6 +38,7 @@ class Choices:
     top_k: int
     target: str
     lens_source: str | None = None  # a tuned lens (folder or hub:<model>); None is the logit lens
+    chat_template: bool = False  # the prompt is wrapped in the model's chat format (already, in ``prompt``)
 
 
 def choices() -> Choices:
