@@ -23,18 +23,15 @@ with st.expander("What am I looking at?"):
     )
 
 s = state.choices()
-mode = st.radio(
-    "Compare",
-    ["prompts", "models", "lenses"],
-    key="compare_mode",
-    bind="query-params",
+MODES = {
+    "prompts": "Several prompts, one model",
+    "models": "One prompt, two models",
+    "lenses": "Logit lens vs tuned lens",
+}
+mode = state.linked_choice(
+    st.radio, "Compare", list(MODES), key="compare_mode", what="comparison", name=MODES.get, default="prompts",
     horizontal=True,
-    format_func={
-        "prompts": "Several prompts, one model",
-        "models": "One prompt, two models",
-        "lenses": "Logit lens vs tuned lens",
-    }.get,
-)
+)  # fmt: skip
 follow_own = False
 if mode == "prompts":
     text = st.text_area(
@@ -48,19 +45,24 @@ if mode == "prompts":
     runs = {f"#{i + 1} {p if len(p) <= 36 else '…' + p[-35:]}": state.query(s, prompt=p) for i, p in enumerate(prompts)}
 elif mode == "models":
     choices = [m for m in models.local_choices(config.server()) if m != s.model_name]
-    other = st.selectbox("Second model", choices, format_func=models.label, key="model_b", bind="query-params")
+    other = state.linked_choice(
+        st.selectbox, "Second model", choices, key="model_b", what="second model", name=models.label
+    )
     if not s.target:
+        follow = {
+            "first": "the first model's answer (as text, in each model's own tokens)",
+            "own": "each model's own answer",
+        }
         follow_own = (
-            st.radio(
+            state.linked_choice(
+                st.radio,
                 "With no target typed, follow",
-                ["first", "own"],
+                list(follow),
                 key="compare_follow",
-                bind="query-params",
+                what="answer to follow",
+                name=follow.get,
+                default="first",
                 horizontal=True,
-                format_func={
-                    "first": "the first model's answer (as text, in each model's own tokens)",
-                    "own": "each model's own answer",
-                }.get,
             )
             == "own"
         )

@@ -24,14 +24,11 @@ with st.expander("What am I looking at?"):
     )
 
 s = state.choices()
-source = st.radio(
-    "Texts",
-    ["sample", "paste", "upload"],
-    key="corpus_source",
-    bind="query-params",
+SOURCES = {"sample": "Bundled sample", "paste": "Paste texts", "upload": "Upload a file"}
+source = state.linked_choice(
+    st.radio, "Texts", list(SOURCES), key="corpus_source", what="texts", name=SOURCES.get, default="sample",
     horizontal=True,
-    format_func={"sample": "Bundled sample", "paste": "Paste texts", "upload": "Upload a file"}.get,
-)
+)  # fmt: skip
 try:
     if source == "sample":
         texts = corpus_input.sample_texts()
@@ -69,12 +66,13 @@ if not texts:
     st.stop()
 
 others = [m for m in models.local_choices(config.server()) if m != s.model_name]
-second = st.selectbox(
+second = state.linked_choice(
+    st.selectbox,
     "Overlay a second model",
     [None, *others],
     key="corpus_model_b",
-    bind="query-params",
-    format_func=lambda m: "—" if m is None else models.label(m),
+    what="second model",
+    name=lambda m: "—" if m is None else models.label(m),
 )
 limit = config.server().max_corpus_tokens
 
@@ -90,9 +88,7 @@ for index, (model_name, lens_source) in enumerate(readings):
         continue
     label = models.label(model_name) + (" · tuned lens" if lens_source else "")
     try:
-        frame = running.corpus_with_progress(
-            model_name, texts, s.points, limit, lens_source, len(readings) - index - 1
-        )
+        frame = running.corpus_with_progress(model_name, texts, s.points, limit, lens_source, len(readings) - index - 1)
     except lens.LensError as exc:  # shown as one line; the rest of the page stays
         running.show_error(f"{label}: {exc}")
         continue

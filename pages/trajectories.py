@@ -34,13 +34,16 @@ def follow_new_position() -> None:
         st.session_state["track"] = favourites(position)
 
 
-position = st.selectbox(
+if st.session_state.get("position") not in range(result.n_positions):  # a shorter prompt than before
+    st.session_state.pop("position", None)
+position = state.linked_choice(
+    st.selectbox,
     "Position",
     list(range(result.n_positions)),
-    index=result.n_positions - 1,
-    format_func=lambda i: f"{i}: {result.tokens[i]}  (guessing what comes next)",
     key="position",
-    bind="query-params",
+    what="position",
+    name=lambda i: f"{i}: {result.tokens[i]}  (guessing what comes next)",
+    default=result.n_positions - 1,
     on_change=follow_new_position,
     help="The lens at this position predicts the token after it. The last position predicts the continuation. "
     "Changing it follows that position's five favourites.",
@@ -48,8 +51,17 @@ position = st.selectbox(
 # Followed tokens live in the URL as token ids (``track=11,42``): display labels, which a
 # bound multiselect would store, are not unique and can't be typed into a link.
 if "track" not in st.session_state:
-    linked = [int(t) for t in st.query_params.get("track", "").split(",") if t.strip().isdigit()]
-    st.session_state["track"] = [t for t in linked if t < vocab][: charts.MAX_LINES] or favourites(position)
+    named = [t.strip() for t in st.query_params.get("track", "").split(",") if t.strip()]
+    linked = [int(t) for t in named if t.isdigit() and int(t) < vocab]
+    unusable = [t for t in named if not (t.isdigit() and int(t) < vocab)]
+    if unusable:
+        state.warn(
+            f"The link's tokens to follow {', '.join(unusable)} aren't token ids of this model (0 to {vocab - 1}); "
+            + ("following the others." if linked else "following the output's favourites.")
+        )
+    if len(linked) > charts.MAX_LINES:
+        state.warn(f"The link names {len(linked)} tokens to follow; following the first {charts.MAX_LINES}.")
+    st.session_state["track"] = linked[: charts.MAX_LINES] or favourites(position)
 chosen = [int(t) for t in st.session_state["track"] if int(t) < vocab]  # another model may have fewer tokens
 st.session_state["track"] = chosen
 candidates = list(

@@ -164,39 +164,32 @@ def _lens(source: str | None) -> lens.TunedLens | None:
     return None if not source else tuned_lens(source)
 
 
+def _run_lens(query: LensQuery, **options) -> lens.LensResult:
+    runs["lens"] += 1
+    return lens.run_lens(
+        model(query.model_name),
+        query.prompt,
+        top_k=TOP_K_COMPUTED,
+        prepend_bos=query.prepend_bos,
+        points=query.points,
+        lens=_lens(query.lens_source),
+        **options,
+    )
+
+
 def lens_result(query: LensQuery) -> lens.LensResult:
-    def compute() -> lens.LensResult:
-        runs["lens"] += 1
-        return lens.run_lens(
-            model(query.model_name),
-            query.prompt,
-            top_k=TOP_K_COMPUTED,
-            prepend_bos=query.prepend_bos,
-            points=query.points,
-            keep_unembed_input=True,
-            lens=_lens(query.lens_source),
-        )
-
-    return results.get(("lens", query), compute, _results_limit())
+    return results.get(("lens", query), lambda: _run_lens(query, keep_unembed_input=True), _results_limit())
 
 
-def remote_result(query: LensQuery, targets: tuple[str | int, ...], _progress: Progress | None = None):
+def remote_result(
+    query: LensQuery, targets: tuple[str | int, ...], _progress: Progress | None = None
+) -> lens.LensResult:
     """A run that keeps no residuals here (NDIF), with its targets: new targets mean a new run."""
-
-    def compute() -> lens.LensResult:
-        runs["lens"] += 1
-        return lens.run_lens(
-            model(query.model_name),
-            query.prompt,
-            top_k=TOP_K_COMPUTED,
-            targets=list(targets),
-            prepend_bos=query.prepend_bos,
-            points=query.points,
-            lens=_lens(query.lens_source),
-            progress=_progress,
-        )
-
-    return results.get(("remote", query, targets), compute, _results_limit())
+    return results.get(
+        ("remote", query, targets),
+        lambda: _run_lens(query, targets=list(targets), progress=_progress),
+        _results_limit(),
+    )
 
 
 def with_targets(query: LensQuery, targets: tuple[str | int, ...]) -> lens.LensResult:

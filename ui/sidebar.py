@@ -1,4 +1,8 @@
-"""The sidebar every page shares. Its widgets live in the URL, so a link reproduces the view."""
+"""The sidebar every page shares. Its widgets live in the URL, so a link reproduces the view.
+
+The URL's ``model`` is the model in force, by id: a picker entry, an NDIF model, or a
+typed hub id or folder (older links' ``model=Other model id…&model_id=X`` still open).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ OTHER = "__other__"
 BOS_OPTIONS = {"default": "Tokenizer's default", "on": "Always", "off": "Never"}
 LENS_KINDS = {"logit": "Logit lens", "tuned": "Tuned lens"}
 MODEL_NOTE = "model_note"
+TOP_K_LEAST, TOP_K_MOST, TOP_K_DEFAULT = 1, 20, 5
 
 
 def _warn_about_whitespace(prompt: str) -> None:
@@ -49,8 +54,10 @@ def render(server: Settings) -> Choices:
     choices = models.choices(server)
     _accept_model_link(choices)
     _fall_back_to_demo(server)
+    # Warnings about the link go above the page, not into the sidebar.
     state.choice("bos", list(BOS_OPTIONS), BOS_OPTIONS.get, "start-token setting")
     state.choice("lens_kind", list(LENS_KINDS), LENS_KINDS.get, "lens")
+    state.warn_number_out_of_range("top_k", "top-k", TOP_K_LEAST, TOP_K_MOST, TOP_K_DEFAULT)
     with st.sidebar:
         st.header("Model and prompt")
         picked = st.selectbox(
@@ -58,7 +65,6 @@ def render(server: Settings) -> Choices:
             [*choices, OTHER],
             format_func=_model_label,
             key="model",
-            bind="query-params",
             help="Small models run quickly on a CPU. 'Demo (offline)' is bundled and needs no network.",
         )
         model_name = picked
@@ -68,10 +74,11 @@ def render(server: Settings) -> Choices:
             model_name = st.text_input(
                 "Model id",
                 key="model_id",
-                bind="query-params",
                 placeholder="EleutherAI/pythia-70m",
                 help=f"Type {hint} of a causal language model that TransformerLens supports.",
             ).strip()
+        state.keep_in_link("model", model_name)
+        st.query_params.pop("model_id", None)
         prompt = st.text_area(
             "Prompt",
             value=config.DEFAULT_PROMPT,
@@ -115,12 +122,14 @@ def render(server: Settings) -> Choices:
             '<span class="lens-copy-status" role="status"></span></div>'
         )
         with st.expander("More settings"):
-            bos = st.radio(
+            bos = state.linked_choice(
+                st.radio,
                 "Start-of-text token",
                 list(BOS_OPTIONS),
-                format_func=BOS_OPTIONS.get,
                 key="bos",
-                bind="query-params",
+                what="start-token setting",
+                name=BOS_OPTIONS.get,
+                default="default",
                 horizontal=True,
                 help="Whether the model first reads its beginning-of-sequence token. The default does what the "
                 "model's tokenizer does: none for GPT-2, one for Llama.",
@@ -139,9 +148,9 @@ def render(server: Settings) -> Choices:
             )
             top_k = st.slider(
                 "Top-k tokens per cell",
-                1,
-                20,
-                5,
+                TOP_K_LEAST,
+                TOP_K_MOST,
+                TOP_K_DEFAULT,
                 key="top_k",
                 bind="query-params",
                 help="How many of the most likely tokens the tooltips and bar chart list.",
@@ -170,12 +179,16 @@ def _model_label(model_id: str) -> str:
 
 
 def _accept_model_link(choices: list[str]) -> None:
-    """``?model=`` may give an id or a label; an id not in the list is read as a typed model id."""
+    """``?model=`` may give an id or a label; any other value is read as a typed model id."""
     value = st.query_params.get("model")
-    if value is None or state.accept_choice("model", [*choices, OTHER], _model_label):
+    if value is None or "model" in st.session_state:
         return
-    st.session_state["model"] = OTHER
-    st.session_state.setdefault("model_id", value)
+    if value in (OTHER, _model_label(OTHER)):
+        st.session_state["model"] = OTHER
+        st.session_state.setdefault("model_id", st.query_params.get("model_id", ""))
+    elif not state.accept_choice("model", choices, _model_label):
+        st.session_state["model"] = OTHER
+        st.session_state.setdefault("model_id", value)
 
 
 def _fall_back_to_demo(server: Settings) -> None:
@@ -193,13 +206,14 @@ def _fall_back_to_demo(server: Settings) -> None:
 
 def _lens_picker(model_name: str) -> str | None:
     """Logit lens, or one of the tuned lenses found for this model on disk or the hub."""
-    kind = st.segmented_control(
+    kind = state.linked_choice(
+        st.segmented_control,
         "Lens",
         list(LENS_KINDS),
         key="lens_kind",
-        bind="query-params",
+        what="lens",
+        name=LENS_KINDS.get,
         default="logit",
-        format_func=LENS_KINDS.get,
         help="The logit lens reads each layer with the model's own output head. The tuned lens first passes each "
         "layer through a small learned translator, which reads early layers far better.",
     )

@@ -1,15 +1,18 @@
 """URL and selection state: what the sidebar chose, link values, the selected heatmap cell.
 
-Streamlit's bind="query-params" stores a choice's display label in the URL and silently
-drops anything else, so a hand-written ``?model=demo`` or ``?metric=target_prob`` would be
-lost. Before such a widget is drawn, an id in the link is put into session state (which
-Streamlit then uses), and a value that matches nothing becomes a visible warning.
+Streamlit's bind="query-params" stores a choice's display label in the URL, drops a
+hand-written id (``?model=demo``, ``?metric=entropy``), and never writes a value set from
+code, so a link copied after one click lost them. Choice widgets are therefore not bound:
+:func:`linked_choice` reads the link (id or label) on first contact and writes the id of
+the value in force into the URL on every run. Text, number and toggle widgets stay bound.
+A link value the app can't use becomes one visible warning, never a silent default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import altair as alt
 import streamlit as st
@@ -56,46 +59,111 @@ def warn(message: str) -> None:
 
 
 def accept_choice(key: str, options: Sequence, label: Callable[[object], str]) -> bool:
-    """Seed widget ``key`` from the link if the link names an option by id; False if it names none.
+    """Seed widget ``key`` from the link, which names an option by id or label; False if it names none.
 
     Only the first time the key is seen in a session: afterwards the widget's own state wins.
     """
     value = st.query_params.get(key)
-    if value is None or key in st.session_state or any(label(o) == value for o in options):
+    if value is None or key in st.session_state:
         return True
-    match = next((o for o in options if str(o) == value), None)
-    if match is None:
+    matches = [o for o in options if str(o) == value] or [o for o in options if label(o) == value]
+    if not matches:
         return False
-    st.session_state[key] = match
+    st.session_state[key] = matches[0]
     return True
 
 
 def choice(key: str, options: Sequence, label: Callable[[object], str], what: str) -> None:
     """accept_choice, warning when the link's value is not one of the options."""
     if not accept_choice(key, options, label):
-        value = st.query_params.get(key)
-        shown = ", ".join(str(o) for o in options if o is not None)
+        value = st.query_params.pop(key)  # the URL holds what is in force, not the unusable value
+        named = [str(o) for o in options if o is not None]
+        shown = ", ".join(named if len(named) <= 8 else [*named[:3], "…", *named[-3:]])
         warn(f"The link's {what} '{value}' isn't one of the choices here ({shown}); showing the default instead.")
+
+
+def keep_in_link(key: str, value: object, default: object = None) -> None:
+    """Write the value in force into the URL under ``key``; the default (or nothing) leaves no parameter."""
+    if value is None or value == "" or (default is not None and value == default):
+        st.query_params.pop(key, None)
+    else:
+        st.query_params[key] = str(value)
+
+
+def linked_choice(
+    draw: Callable[..., Any],
+    text: str,
+    options: Sequence,
+    *,
+    key: str,
+    what: str,
+    name: Callable[[Any], str] = str,
+    default: object = None,
+    **widget: Any,
+) -> Any:
+    """A choice widget (``st.selectbox``, ``st.radio``, ``st.segmented_control``) kept in the URL by id.
+
+    A link may name the option by id or label; one that names none is a warning. ``default``
+    is the value the widget starts with, which needs no parameter (None: the widget's own
+    first value, and the value is always written).
+    """
+    choice(key, options, name, what)
+    if default is not None and key not in st.session_state:
+        st.session_state[key] = default
+    value = draw(text, options, format_func=name, key=key, **widget)
+    keep_in_link(key, value, default)
+    return value
+
+
+def link_checked_once(key: str) -> list[str] | None:
+    """The link's values for ``key`` the first time a session sees them, else None (check them once)."""
+    checked: set[str] = st.session_state.setdefault("_links_checked", set())
+    if key in checked or key not in st.query_params:
+        return None
+    checked.add(key)
+    return st.query_params.get_all(key)
+
+
+def warn_number_out_of_range(key: str, what: str, least: int, most: int, default: int) -> None:
+    """One warning when the link's whole number for ``key`` can't be read or lies outside least..most."""
+    values = link_checked_once(key)
+    if not values:
+        return
+    text = ",".join(values)
+    try:
+        number = int(text)
+    except ValueError:
+        warn(f"The link's {what} '{text}' isn't a whole number; showing {default}.")
+        return
+    if not least <= number <= most:
+        warn(f"The link's {what} {number} is outside {least} to {most}; showing {min(max(number, least), most)}.")
 
 
 def metric_picker(key: str) -> str:
     """The heatmap colour: one of lens.charts.METRICS, kept in the URL under ``key`` (id or label)."""
-    choice(key, list(charts.METRICS), lambda k: charts.METRICS[k].title, "colour measure")
-    return st.selectbox(
+    return linked_choice(
+        st.selectbox,
         "Colour by",
         list(charts.METRICS),
-        format_func=lambda k: charts.METRICS[k].title,
         key=key,
-        bind="query-params",
+        what="colour measure",
+        name=lambda k: charts.METRICS[k].title,
+        default=next(iter(charts.METRICS)),
         help=METRIC_HELP,
     )
 
 
 def measure_picker(key: str, label: str = "Measure") -> str:
     """Probability, log-probability or rank for line charts, kept in the URL under ``key`` (id or label)."""
-    choice(key, list(charts.MEASURES), charts.MEASURES.get, "measure")
-    return st.radio(
-        label, list(charts.MEASURES), format_func=charts.MEASURES.get, key=key, bind="query-params", horizontal=True
+    return linked_choice(
+        st.radio,
+        label,
+        list(charts.MEASURES),
+        key=key,
+        what="measure",
+        name=charts.MEASURES.get,
+        default=next(iter(charts.MEASURES)),
+        horizontal=True,
     )
 
 
@@ -112,11 +180,15 @@ def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | No
     shown_for = (result.prompt, n)
     changed = st.session_state.get("window_for", shown_for) != shown_for
     st.session_state["window_for"] = shown_for
+    linked = link_checked_once("window")
+    unusable = linked is not None and not _window_fits(linked, n)
     if n <= width:
+        if unusable:
+            warn(f"The link's window '{','.join(linked)}' isn't within positions 0 to {n - 1}; showing them all.")
         return None
     stored = st.session_state.get("window")
     out_of_range = stored is not None and not (0 <= stored[0] <= stored[1] <= n - 1)
-    if st.session_state.pop("window_reset", False) or changed or out_of_range:
+    if st.session_state.pop("window_reset", False) or changed or out_of_range or unusable:
         st.session_state["window"] = default
     first, last = st.slider(
         "Positions shown",
@@ -127,6 +199,8 @@ def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | No
         bind="query-params",
         help="Long prompts show a window of positions so the tokens stay readable.",
     )
+    if unusable:
+        warn(f"The link's window '{','.join(linked)}' isn't within positions 0 to {n - 1}; showing {first} to {last}.")
     if changed and (first, last) != default:
         st.session_state["window_reset"] = True
         st.rerun()
@@ -134,6 +208,14 @@ def position_window(result: lens.LensResult, width: int) -> tuple[int, int] | No
         st.info(f"The positions asked for ({first} to {last}) run backwards; showing {last} to {first}.")
         first, last = last, first
     return first, last + 1
+
+
+def _window_fits(values: list[str], n: int) -> bool:
+    try:
+        numbers = [int(v) for v in values]
+    except ValueError:
+        return False
+    return len(numbers) == 2 and all(0 <= v < n for v in numbers)
 
 
 def selected_cell(result: lens.LensResult, query: LensQuery, window: tuple[int, int]) -> tuple[int, int]:
