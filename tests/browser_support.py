@@ -28,6 +28,9 @@ FLAGS = [
 ]
 SHOTS = ROOT / "artifacts" / "screenshots"
 IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
+# The Lens page's heatmap (its legend and layer names are charts of their own) and the selected cell's bars.
+HEATMAP = "[class*=st-key-heatmap_] [data-testid=stVegaLiteChart]"
+CELL_BARS = ".st-key-cell_details [data-testid=stVegaLiteChart]"
 
 
 def need(condition: bool, reason: str) -> None:

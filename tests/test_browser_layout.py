@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 
-from tests.browser_support import chromium, shoot, streamlit_server, wait_idle
+from tests.browser_support import HEATMAP, chromium, shoot, streamlit_server, wait_idle
 from tests.conftest import GPT2_TOKENIZER, require_shared
 
 pytestmark = pytest.mark.browser
@@ -152,7 +152,7 @@ AXES_IN_VIEW = """() => {
   return {labels: labels.map(t => [t.textContent, shown(t)]), legends: legends.map(shown)};
 }"""
 
-HEATMAP = "[class*=st-key-heatmap_] [data-testid=stVegaLiteChart]"
+
 # The selectable heatmap's frame, the leftmost cell wholly inside it (middle row), and the outline.
 CELLS = """() => {
   const frame = document.querySelector('[class*=st-key-heatmap_] [data-testid=stVegaLiteChart]');
