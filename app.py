@@ -30,5 +30,11 @@ server = config.read()  # the environment, once per run: every page and cache us
 st.session_state[state.CHOICES] = sidebar.render(server)
 if state.choices().model_name == "demo" and (note := st.session_state.get(sidebar.MODEL_NOTE)):
     st.info(escape.plain(note), icon=":material/cloud_off:")
+if state.choices().chat_template:
+    st.info(
+        "Chat template on: the model reads your prompt as a user message in its chat format (the tokens under "
+        "the prompt box show exactly what it reads).",
+        icon=":material/chat:",
+    )
 config.warn_about_settings()
 pages.run()

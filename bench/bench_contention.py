@@ -1,6 +1,6 @@
 """The engine when other work competes for the cores: each method's slowdown under load against the floor's.
 
-    python bench/bench_contention.py [--tokens 256 1024] [--repeats 3] [--competitors 6] [--quick]
+    python -m bench.bench_contention [--tokens 256 1024] [--repeats 3] [--competitors 6] [--quick]
 
 On the GPT-2-small shape (random weights, the real tokenizer), torch on its usual threads.
 Every round runs each method once on a quiet machine, then starts --competitors busy-loop
@@ -28,7 +28,7 @@ import sys
 import time
 
 from bench.bench_lens import floor_hf, lens_with_target, naive
-from common import gpt2_small_hf, gpt2_small_random, prompt_of_length
+from bench.common import gpt2_small_hf, gpt2_small_random, prompt_of_length
 
 MOST_COMPETITORS = 8
 METHODS = ("floor", "run_lens", "naive", "corpus_stats", "attribute")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
+IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"  # a run has finished
 FLAGS = [
     "--headless",
     "--no-sandbox",
@@ -69,3 +70,11 @@ def chromium() -> Iterator[object]:
             yield browser
         finally:
             browser.close()
+
+
+def wait_idle(tab, timeout_ms: int = 180_000) -> None:
+    """Until the script has finished, twice over a short pause (a run can trigger another)."""
+    for _ in range(2):
+        tab.wait_for_selector(IDLE, timeout=timeout_ms)
+        tab.wait_for_timeout(400)
+    tab.wait_for_selector(IDLE, timeout=timeout_ms)

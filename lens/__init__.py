@@ -6,6 +6,8 @@ tuned, Jacobian) is a :class:`Lens`; every run returns a :class:`LensResult`.
 ``charts`` and ``attribution_charts`` (Altair chart builders) are submodules, imported on use.
 """
 
+__version__ = "0.1.0"  # as in pyproject.toml; JSON exports record it
+
 from lens.attribution import Attribution, CellWrites, attribute, cell_writes, head_attention
 from lens.attribution import token_text as typable_token
 from lens.backend import POINTS, Backend, Capabilities, OutputTransform, Readout, Row, lens_rows

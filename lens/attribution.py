@@ -27,7 +27,7 @@ from lens.backend import Backend, Row, check_backend, lens_rows
 from lens.checks import listed, whole_number
 from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, check_lens
-from lens.tokens import tokenize_prompt, tokenize_target
+from lens.tokens import prompt_text, tokenize_prompt, tokenize_target
 
 # Parts that belong to no attention head (head -1); attn parts carry their head.
 COMPONENTS = ("embed", "pos_embed", "attn", "attn_bias", "mlp", "lens_bias", "norm_bias", "unembed_bias")
@@ -345,7 +345,7 @@ def _position(n_positions: int, position: int) -> int:
 
 def cell_writes(
     model: Backend,
-    prompt: str,
+    prompt: str | Sequence[int],
     *,
     position: int,
     row: int | str | None = None,
@@ -416,7 +416,7 @@ def cell_writes(
         )
     return CellWrites(
         model_name=model.name,
-        prompt=prompt,
+        prompt=prompt_text(model, prompt),
         tokens=model.token_name.many(token_ids),
         token_ids=token_ids,
         position=position,
@@ -556,7 +556,7 @@ def _lens_map(lens: Lens, row: Row, is_output: bool) -> Callable[[torch.Tensor],
 
 def attribute(
     model: Backend,
-    prompt: str,
+    prompt: str | Sequence[int],
     *,
     position: int,
     target: str | int,

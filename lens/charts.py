@@ -27,6 +27,12 @@ SCHEMES: dict[str, tuple[str, ...]] = {
     "cividis": ("#00224e", "#123570", "#3b496c", "#575d6d", "#707173", "#8a8678", "#a59c74", "#c3b369", "#fee838"),
     "plasma": ("#0d0887", "#5302a3", "#8b0aa5", "#b83289", "#db5c68", "#f48849", "#febd2a", "#f0f921"),
 }
+# Vega's "blueorange" diverging scheme (colour-blind safe), as its stops: differences are
+# drawn from these so each label's colour is chosen against the fill Vega really draws.
+DIVERGING = (
+    "#134b85", "#2f78b3", "#5da2cb", "#9dcae1", "#d2e5ef", "#f2f0eb",
+    "#fce0ba", "#fbbf74", "#e8932f", "#c5690d", "#994a07",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,7 +79,6 @@ def _scale_stops(metric: Metric, domain: tuple[float, float]) -> list[float]:
 
 def fill_colors(values: np.ndarray, metric: Metric, domain: tuple[float, float]) -> np.ndarray:
     """Each value's fill as [n, 3] RGB in 0..255, computed as Vega's piecewise RGB scale does."""
-    stops = np.asarray([_hex_rgb(c) for c in SCHEMES[metric.scheme]], dtype=float)
     low, high = domain
     values = np.asarray(values, dtype=float)
     if metric.log:
@@ -81,7 +86,13 @@ def fill_colors(values: np.ndarray, metric: Metric, domain: tuple[float, float])
         position = 1 - position
     else:
         position = (values - low) / (high - low)
-    scaled = np.clip(position, 0, 1) * (len(stops) - 1)
+    return ramp(SCHEMES[metric.scheme], position)
+
+
+def ramp(colors: Sequence[str], position: np.ndarray) -> np.ndarray:
+    """[n, 3] RGB at fractions 0..1 along evenly spaced colour stops, interpolated in RGB."""
+    stops = np.asarray([_hex_rgb(c) for c in colors], dtype=float)
+    scaled = np.clip(np.asarray(position, dtype=float), 0, 1) * (len(stops) - 1)
     index = np.minimum(np.floor(scaled).astype(int), len(stops) - 2)
     fraction = (scaled - index)[:, None]
     return np.rint(stops[index] + (stops[index + 1] - stops[index]) * fraction)
@@ -157,7 +168,7 @@ def heatmap_frame(
     return frame[keep + [f"top {k + 1}" for k in range(result.top_k)]].reset_index(drop=True)
 
 
-def _grid(columns: Sequence[str], layers: Sequence[str], x_title: str) -> alt.Chart:
+def _grid(columns: Sequence[str], layers: Sequence[str], x_title: str, layer_axis: bool = True) -> alt.Chart:
     """A layer × position grid (output row on top) with no data: data goes on the layer, since
     Altair hashes per-layer frames slowly."""
     x = alt.X(
@@ -166,7 +177,15 @@ def _grid(columns: Sequence[str], layers: Sequence[str], x_title: str) -> alt.Ch
         title=x_title,
         axis=alt.Axis(labelAngle=-40, labelLimit=120, labelOverlap=False),
     )
-    return alt.Chart().encode(x=x, y=alt.Y("layer:O", sort=list(reversed(layers)), title="layer"))
+    return alt.Chart().encode(x=x, y=_layer_y(layers, layer_axis))
+
+
+def _layer_y(layers: Sequence[str], axis: bool) -> alt.Y:
+    return alt.Y("layer:O", sort=list(reversed(layers)), title="layer", axis=alt.Axis() if axis else None)
+
+
+def heatmap_height(n_rows: int) -> int:
+    return max(120, 26 * n_rows)
 
 
 def heatmap(
@@ -179,11 +198,15 @@ def heatmap(
     selected: tuple[int, int] | None = None,
     selectable: bool = True,
     title: str | None = None,
+    axes_apart: bool = False,
 ) -> alt.LayerChart:
     """Rows are layers (output at the top), columns input tokens; each cell shows its top-1 guess.
 
     When ``selectable``, clicking a cell selects it (selection ``cell``, fields row and
     position) and ``selected`` is outlined; charts drawn together must not all be selectable.
+    With ``axes_apart`` the chart has neither layer axis nor legend: a page that lets a wide
+    heatmap scroll draws :func:`layer_axis` and :func:`colour_legend` outside the scrolling
+    frame, so they stay in view wherever it is scrolled.
     """
     info = METRICS[metric]
     domain = color_domain or default_domain(info, metric_values(result, metric, target))
@@ -197,17 +220,8 @@ def heatmap(
         alt.Tooltip("value:Q", title=info.title, format=".3g"),
         *[alt.Tooltip(f"top {k + 1}:N") for k in range(result.top_k)],
     ]
-    base = _grid(columns, result.layers, "input token (position)")
-    scale = alt.Scale(
-        type="log" if info.log else "linear",
-        domain=_scale_stops(info, domain),
-        range=list(SCHEMES[info.scheme]),
-        interpolate="rgb",
-        clamp=True,
-        nice=False,
-        zero=False,
-    )
-    color = alt.Color("value:Q", title=info.title, scale=scale, legend=alt.Legend(orient="top", gradientLength=220))
+    base = _grid(columns, result.layers, "input token (position)", layer_axis=not axes_apart)
+    color = _metric_color(info, domain, legend=not axes_apart)
     cells = base.mark_rect(stroke="white", strokeWidth=0.5).encode(color=color, tooltip=tooltip)
     labels = base.mark_text(fontSize=11, limit=CELL_WIDTH - 4).encode(
         text="top1:N", fill=alt.Fill("label_color:N", scale=None), tooltip=tooltip
@@ -227,8 +241,44 @@ def heatmap(
         ]
     chart = alt.layer(*layers, data=frame)
     width = max(300, CELL_WIDTH * len(columns))
-    height = max(120, 26 * result.n_rows)
-    return chart.properties(width=width, height=height, title=title or "", autosize=PAD)
+    return chart.properties(width=width, height=heatmap_height(result.n_rows), title=title or "", autosize=PAD)
+
+
+def _metric_color(info: Metric, domain: tuple[float, float], legend: bool = True) -> alt.Color:
+    scale = alt.Scale(
+        type="log" if info.log else "linear",
+        domain=_scale_stops(info, domain),
+        range=list(SCHEMES[info.scheme]),
+        interpolate="rgb",
+        clamp=True,
+        nice=False,
+        zero=False,
+    )
+    shown = alt.Legend(orient="top", gradientLength=220) if legend else None
+    return alt.Color("value:Q", title=info.title, scale=scale, legend=shown)
+
+
+def colour_legend(metric: str, domain: tuple[float, float]) -> alt.Chart:
+    """The heatmap's colour scale on its own (drawn above a heatmap made with ``axes_apart``)."""
+    info = METRICS[metric]
+    stops = pd.DataFrame({"value": _scale_stops(info, domain)})
+    return (
+        alt.Chart(stops)
+        .mark_point(opacity=0, size=0)
+        .encode(color=_metric_color(info, domain))
+        .properties(width=1, height=1, autosize=PAD)
+    )
+
+
+def layer_axis(layers: Sequence[str]) -> alt.Chart:
+    """The heatmap's layer names on their own, as tall as its rows (drawn left of a heatmap made
+    with ``axes_apart``, top-aligned: neither has a title or legend above its rows)."""
+    return (
+        alt.Chart(pd.DataFrame({"layer": list(layers)}))
+        .mark_rect(opacity=0)
+        .encode(y=_layer_y(layers, True))
+        .properties(width=1, height=heatmap_height(len(layers)), autosize=PAD)
+    )
 
 
 def _with_label_limit(chart: alt.LayerChart, limit: float | alt.ExprRef) -> alt.LayerChart:
@@ -278,7 +328,8 @@ def difference_heatmap(
     """B − A of a metric over the last ``width`` positions of two runs of equal depth.
 
     Diverging blue–orange (colour-blind safe), centred on 0 with a symmetric domain, so
-    white means no difference. Ranks are compared as log10(rank).
+    near-white means no difference. Ranks are compared as log10(rank). Labels are black or
+    white against the fill they sit on, with the precision the scale needs.
     """
     info = METRICS[metric]
     values_a, values_b = metric_values(a, metric, targets[0]), metric_values(b, metric, targets[1])
@@ -299,27 +350,55 @@ def difference_heatmap(
             "value": diff.ravel(),
         }
     )
-    frame["label"] = [f"{v:+.2f}" for v in frame.value]
     bound = max(float(np.abs(diff).max()), 1e-6)
+    fills = ramp(DIVERGING, (frame.value.to_numpy() + bound) / (2 * bound))
+    frame["label"] = signed_labels(frame.value.to_numpy(), bound)
+    frame["label_color"] = label_colors(fills)
     quantity = f"log10 {info.title.split(' (')[0].lower()}" if info.log else info.title
     title = f"Difference: {labels[1]} − {labels[0]}"
     base = _grid(columns, a.layers, "position from the end (A|B tokens)")
     color = alt.Color(
         "value:Q",
         title=f"Δ {quantity}",
-        scale=alt.Scale(scheme="blueorange", domain=[-bound, bound], domainMid=0),
-        legend=alt.Legend(orient="top", gradientLength=220),
+        scale=alt.Scale(
+            domain=list(np.linspace(-bound, bound, len(DIVERGING))), range=list(DIVERGING), interpolate="rgb"
+        ),
+        legend=alt.Legend(orient="top", gradientLength=220, format=signed_format(bound), values=[-bound, 0, bound]),
     )
-    tooltip = ["layer:N", "column:N", alt.Tooltip("value:Q", title=f"Δ {quantity}", format="+.4f")]
+    tooltip = ["layer:N", "column:N", alt.Tooltip("value:Q", title=f"Δ {quantity}", format="+.4~g")]
     cells = base.mark_rect(stroke="white", strokeWidth=0.5).encode(color=color, tooltip=tooltip)
     text = base.mark_text(fontSize=10, limit=46).encode(
-        text="label:N",
-        color=alt.condition(f"abs(datum.value) > {0.6 * bound}", alt.value("white"), alt.value("black")),
-        tooltip=tooltip,
+        text="label:N", fill=alt.Fill("label_color:N", scale=None), tooltip=tooltip
     )
     return alt.layer(cells, text, data=frame).properties(
-        width=max(300, 52 * width), height=max(120, 26 * a.n_rows), title=title, autosize=PAD
+        width=max(300, 52 * width), height=heatmap_height(a.n_rows), title=title, autosize=PAD
     )
+
+
+def signed_format(bound: float) -> str:
+    """A d3 format with the precision the scale needs: two significant figures of its largest value.
+
+    Fixed decimals down to ±0.01; below, scientific notation (a difference of ±0.0004 in
+    fixed two decimals would read "+0.00" in every cell).
+    """
+    if bound >= 0.1:
+        return "+.2f"
+    if bound >= 0.01:
+        return "+.3f"
+    return "+.1e"
+
+
+def signed_labels(values: np.ndarray, bound: float) -> list[str]:
+    """Cell labels in :func:`signed_format`, exponents shortened ("+4.0e-4")."""
+    spec = signed_format(bound)[1:]
+    out = []
+    for v in np.asarray(values, dtype=float):
+        text = format(v, "+" + spec)
+        if "e" in text:
+            mantissa, exponent = text.split("e")
+            text = "0" if v == 0 else f"{mantissa}e{int(exponent)}"
+        out.append(text)
+    return out
 
 
 def export_title(heading: str, lines: Sequence[str]) -> alt.TitleParams:
@@ -402,9 +481,9 @@ def trajectory_chart(result: LensResult, position: int, measure: str = "probabil
 
 
 # Okabe & Ito's palette: told apart in the common colour-vision deficiencies. Lines also
-# differ by point shape and dash, so no two are distinguished by colour alone.
-# Yellow, faint on white, comes last: only an eighth line uses it (with its own marker and dash).
-LINE_COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#F0E442"]
+# differ by point shape and dash, so no two are distinguished by colour alone. Its yellow
+# is faint on white: Paul Tol's wine takes its place as the eighth.
+LINE_COLORS = ["#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#882255"]
 LINE_SHAPES = [
     "circle",
     "square",
@@ -420,9 +499,9 @@ MAX_LINES = len(LINE_COLORS)
 
 
 def _line_style(field: str, title: str, names: Sequence[str], columns: int = 2) -> dict[str, alt.SchemaBase]:
-    """Colour, point shape and dash pattern, all keyed on one field, with one legend."""
+    """Colour, point shape and dash pattern, all keyed on one field, with one legend whose labels are never cut."""
     domain = list(dict.fromkeys(names))
-    legend = alt.Legend(orient="top", columns=columns, labelLimit=220, symbolStrokeWidth=2, symbolSize=90)
+    legend = alt.Legend(orient="top", columns=columns, labelLimit=0, symbolStrokeWidth=2, symbolSize=90)
     n = len(domain)
     return {
         "color": alt.Color(
@@ -455,18 +534,30 @@ def _lines(
     log = measure == "rank"
     y_scale = alt.Scale(type="log", reverse=True) if log else alt.Scale(zero=measure == "probability")
     y = alt.Y("value:Q", title=MEASURES[measure], scale=y_scale)
+    tooltip = [f"{color_field}:N", "layer:N", alt.Tooltip("value:Q", format=".4g")]
+    return styled_lines(
+        frame, _depth_axis(layers, relative), y, color_field, color_title, tooltip, legend_columns
+    ).properties(width=480, height=300, title=title, autosize=PAD)
+
+
+def _depth_axis(layers: Sequence[str], relative: bool) -> alt.X:
+    """Layers left to right, or (``relative``, column ``depth``) their fraction of the model's depth."""
     if relative:
-        x = alt.X(
+        return alt.X(
             "depth:Q", title="relative depth (layer / number of layers; 1 = output)", scale=alt.Scale(domain=[0, 1])
         )
-    else:
-        x = alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40))
-    style = _line_style(color_field, color_title, frame[color_field], legend_columns)
-    tooltip = [f"{color_field}:N", "layer:N", alt.Tooltip("value:Q", format=".4g")]
+    return alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40))
+
+
+def styled_lines(
+    frame: pd.DataFrame, x: alt.X, y: alt.Y, field: str, title: str | None, tooltip: list, legend_columns: int = 1
+) -> alt.LayerChart:
+    """One line per value of ``field``, told apart by colour, dash and marker, with one full legend."""
+    style = _line_style(field, title, frame[field], legend_columns)
     base = alt.Chart().encode(x=x, y=y, color=style["color"], tooltip=tooltip)
     lines = base.mark_line(strokeWidth=2).encode(strokeDash=style["strokeDash"])
     points = base.mark_point(filled=True, size=60, opacity=1).encode(shape=style["shape"])
-    return alt.layer(lines, points, data=frame).properties(width=480, height=300, title=title, autosize=PAD)
+    return alt.layer(lines, points, data=frame)
 
 
 def compare_trajectory_chart(
@@ -499,18 +590,12 @@ def compare_trajectory_chart(
     )
 
 
-def divergence_chart(frame: pd.DataFrame, layers: Sequence[str], title: str, axis_title: str) -> alt.Chart:
-    """Per-layer divergence lines; ``frame`` has columns pair, layer, value."""
-    return (
-        alt.Chart(frame)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("layer:O", sort=list(layers), title="layer (bottom → output)", axis=alt.Axis(labelAngle=-40)),
-            y=alt.Y("value:Q", title=axis_title),
-            color=alt.Color("pair:N", title="compared", legend=alt.Legend(orient="top", columns=1, labelLimit=220)),
-            tooltip=["pair:N", "layer:O", alt.Tooltip("value:Q", format=".4f")],
-        )
-        .properties(width=520, height=280, title=title, autosize=PAD)
+def divergence_chart(frame: pd.DataFrame, layers: Sequence[str], title: str, axis_title: str) -> alt.LayerChart:
+    """Per-layer divergence lines; ``frame`` has columns pair, layer, value (pair names must be distinct)."""
+    tooltip = ["pair:N", "layer:N", alt.Tooltip("value:Q", format=".4f")]
+    y = alt.Y("value:Q", title=axis_title)
+    return styled_lines(frame, _depth_axis(layers, False), y, "pair", "compared", tooltip).properties(
+        width=520, height=280, title=title, autosize=PAD
     )
 
 
@@ -524,26 +609,26 @@ CORPUS_METRICS = {
 }
 
 
-def corpus_chart(frame: pd.DataFrame, metric: str) -> alt.Chart:
-    """One corpus metric against depth; one line per ``source`` (model or lens) in the frame."""
-    data = frame.assign(depth=frame.groupby("source").cumcount())
+def corpus_chart(frame: pd.DataFrame, metric: str) -> alt.LayerChart:
+    """One corpus metric against depth; one line per ``source`` (model or lens) in the frame.
+
+    Sources of different depth go on a relative-depth axis (each output at 1), as in Compare.
+    """
+    depths = frame.groupby("source", sort=False)["layer"].transform(lambda names: relative_depths(list(names)))
+    data = frame.assign(depth=depths.astype(float))
+    relative = data.groupby("source", sort=False).size().nunique() > 1
+    layers = list(max((list(g.layer) for _, g in data.groupby("source", sort=False)), key=len))
     percent = metric.startswith("top1")
-    return (
-        alt.Chart(data)
-        .mark_line(point=True)
-        .encode(
-            x=alt.X("depth:O", title="layer (0 = first block; last = output)"),
-            # d3's bare "%" prints six decimals ("0.000000%") and "~g" writes 10 as "1e+1".
-            y=alt.Y(f"{metric}:Q", title=CORPUS_METRICS[metric], axis=alt.Axis(format=".0%" if percent else ",~r")),
-            color=alt.Color("source:N", title=None, legend=alt.Legend(orient="top", labelLimit=300)),
-            tooltip=[
-                "source:N",
-                "layer:N",
-                alt.Tooltip(f"{metric}:Q", format=".1%" if percent else ".4g"),
-                alt.Tooltip("n_tokens:Q", format=","),
-            ],
-        )
-        .properties(width=360, height=220, title=CORPUS_METRICS[metric], autosize=PAD)
+    # d3's bare "%" prints six decimals ("0.000000%") and "~g" writes 10 as "1e+1".
+    y = alt.Y(f"{metric}:Q", title=CORPUS_METRICS[metric], axis=alt.Axis(format=".0%" if percent else ",~r"))
+    tooltip = [
+        "source:N",
+        "layer:N",
+        alt.Tooltip(f"{metric}:Q", format=".1%" if percent else ".4g"),
+        alt.Tooltip("n_tokens:Q", format=","),
+    ]
+    return styled_lines(data, _depth_axis(layers, relative), y, "source", None, tooltip).properties(
+        width=360, height=220, title=CORPUS_METRICS[metric], autosize=PAD
     )
 
 

@@ -34,7 +34,7 @@ from lens.checks import callback, flag, whole_number
 from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, check_lens
 from lens.result import LensResult
-from lens.tokens import resolve_targets, tokenize_prompt, uses_bos
+from lens.tokens import fed_bos, prompt_text, resolve_targets, tokenize_prompt
 
 CHUNK_BYTES = 144 * 2**20  # ~750 cells of GPT-2: vocab-major matmuls run fastest with many cells
 SLAB_BYTES = 8 * 2**20  # a slab of a chunk's logits, made by one matmul: it stays in the shared L3 cache
@@ -441,7 +441,7 @@ class _Scratch:
 
 def run_lens(
     model: Backend,
-    prompt: str,
+    prompt: str | Sequence[int],
     *,
     top_k: int = 10,
     targets: Sequence[str | int] = (),
@@ -453,6 +453,7 @@ def run_lens(
 ) -> LensResult:
     """Read the model's next-token distribution after every residual point of ``prompt``.
 
+    ``prompt`` is text or a list of token ids (fed as they are).
     ``prepend_bos=None`` follows the model's default. ``keep_unembed_input`` keeps the
     final-norm outputs in the result so :func:`retarget` can add targets without a
     forward pass. ``lens`` is a :class:`~lens.lenses.Lens` (None is the logit lens).
@@ -483,7 +484,7 @@ def run_lens(
         stats = model.remote_statistics(token_ids, rows, int(top_k), target_ids, progress)
     result = LensResult(
         model_name=model.name,
-        prompt=prompt,
+        prompt=prompt_text(model, prompt),
         tokens=model.token_name.many(token_ids),
         token_ids=token_ids,
         layers=[r.label for r in rows],
@@ -492,7 +493,7 @@ def run_lens(
         targets=target_names,
         target_ids=target_ids,
         lens_kind=lens.kind,
-        prepend_bos=uses_bos(model, prepend_bos),
+        prepend_bos=fed_bos(model, prompt, token_ids, prepend_bos),
         warnings=warnings,
         unembed_input=normed.cpu().numpy() if keep_unembed_input and normed is not None else None,
         **stats,

@@ -8,7 +8,11 @@ the spreadsheet shows as text. Numbers are written as numbers: a negative logit 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import pandas as pd
+
+from lens.result import LensResult
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
@@ -31,3 +35,21 @@ def safe_csv(frame: pd.DataFrame) -> str:
             escaped[column] = escaped[column].map(escape_cell)
     escaped.columns = [escape_cell(str(c)) for c in escaped.columns]
     return escaped.to_csv(index=False, lineterminator="\r\n")
+
+
+def comparison_frame(results: Mapping[str, LensResult]) -> pd.DataFrame:
+    """Every compared run in one table: a ``run`` column, then each run's own frame.
+
+    Each run keeps its own target columns; ``target*`` columns repeat its first target
+    under one name, so runs whose models name the token differently stay in one column.
+    """
+    frames = []
+    for label, result in results.items():
+        frame = result.to_frame()
+        if result.targets:
+            frame.insert(0, "target", result.targets[0])
+            frame["target_prob"] = result.target_probs[0].ravel()
+            frame["target_rank"] = result.target_ranks[0].ravel()
+        frame.insert(0, "run", label)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)

@@ -125,6 +125,7 @@ class LensResult:
     @classmethod
     def from_json(cls, text: str) -> LensResult:
         payload = json.loads(text)
+        payload.pop("provenance", None)  # what made it (lens.provenance), not part of the result
         version = payload.pop("format_version", None)
         if version != _FORMAT_VERSION:
             raise ValueError(f"Unsupported lens result format version {version!r}.")

@@ -31,9 +31,7 @@ def load_checked(path: Path, expected: Mapping[str, tuple[int, ...]]) -> dict[st
     nothing the file declares is allocated before its size has been checked.
     """
     name = path.name
-    limit = HEADER_BYTES + sum(
-        PER_TENSOR_BYTES + WIDEST_DTYPE_BYTES * math.prod(shape) for shape in expected.values()
-    )
+    limit = HEADER_BYTES + sum(PER_TENSOR_BYTES + WIDEST_DTYPE_BYTES * math.prod(shape) for shape in expected.values())
     size = path.stat().st_size
     if size > limit:
         raise ValueError(f"{name} is {size:,} bytes; tensors of this lens's shapes take at most {limit:,}")

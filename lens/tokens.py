@@ -135,8 +135,14 @@ def check_text(text: object, what: str) -> None:
         ) from exc
 
 
-def tokenize_prompt(model: Backend, prompt: str, prepend_bos: bool | None = None) -> list[int]:
-    """The exact ids the model will be fed, after checking the prompt is usable."""
+def tokenize_prompt(model: Backend, prompt: str | Sequence[int], prepend_bos: bool | None = None) -> list[int]:
+    """The exact ids the model will be fed, after checking the prompt is usable.
+
+    A list of token ids is fed as it is (``prepend_bos`` is then ignored): a snippet that
+    reproduces a page names its prompt by ids, which no re-tokenizing can change.
+    """
+    if isinstance(prompt, (list, tuple)):
+        return _check_ids(model, prompt)
     check_text(prompt, "The prompt")
     if not prompt.strip():
         raise LensError("The prompt is empty: type some text to look at.")
@@ -155,6 +161,31 @@ def tokenize_prompt(model: Backend, prompt: str, prepend_bos: bool | None = None
     if len(ids) > model.n_ctx:
         raise LensError(f"The prompt is {len(ids)} tokens long; model '{model.name}' reads at most {model.n_ctx}.")
     return ids
+
+
+def _check_ids(model: Backend, ids: Sequence[int]) -> list[int]:
+    if not ids:
+        raise LensError("The prompt is empty: give at least one token id.")
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        raise LensError("A prompt given as a list must hold whole-number token ids.")
+    bad = next((int(i) for i in ids if not 0 <= int(i) < model.d_vocab), None)
+    if bad is not None:
+        raise LensError(f"Token id {bad} is outside the vocabulary (0 to {model.d_vocab - 1}).")
+    if len(ids) > model.n_ctx:
+        raise LensError(f"The prompt is {len(ids)} tokens long; model '{model.name}' reads at most {model.n_ctx}.")
+    return [int(i) for i in ids]
+
+
+def prompt_text(model: Backend, prompt: str | Sequence[int]) -> str:
+    """The prompt as text: as typed, or the decoded ids."""
+    return prompt if isinstance(prompt, str) else model.tokenizer.decode(list(prompt))
+
+
+def fed_bos(model: Backend, prompt: str | Sequence[int], token_ids: Sequence[int], prepend_bos: bool | None) -> bool:
+    """Whether a start token was read first: the setting for text, the ids themselves for ids."""
+    if isinstance(prompt, str):
+        return uses_bos(model, prepend_bos)
+    return model.tokenizer.bos_token_id is not None and token_ids[0] == model.tokenizer.bos_token_id
 
 
 def tokenize_target(model: Backend, target: str | int) -> list[int]:
@@ -207,3 +238,37 @@ def resolve_targets(model: Backend, targets: Sequence[str | int]) -> tuple[list[
             ids.append(pieces[0])
             names.append(model.token_name(pieces[0]))
     return ids, names, warnings
+
+
+def spacing_twin(model: Backend, target: str | int) -> tuple[int, int] | None:
+    """(the id followed, the other spelling's id) when a typed word is one token both with and
+    without its leading space ("Paris" 40313 and " Paris" 6342 in GPT-2); else None.
+
+    Both are real tokens with different meanings in context (after "city of", GPT-2 writes
+    " Paris"), so a page says which one it follows and offers the other.
+    """
+    if not isinstance(target, str) or not target.strip():
+        return None
+    word = target.lstrip()
+    bare, spaced = tokenize_target(model, word), tokenize_target(model, " " + word)
+    if len(bare) != 1 or len(spaced) != 1 or bare == spaced:
+        return None
+    followed = resolve_targets(model, [target])[0][0]
+    if followed not in (bare[0], spaced[0]):
+        return None
+    return followed, spaced[0] if followed == bare[0] else bare[0]
+
+
+def chat_prompt(tokenizer, text: str) -> str:
+    """``text`` as one user message in the tokenizer's chat format, ready for the assistant's reply.
+
+    Instruction-tuned models answer far better inside their own format; the returned text
+    holds the format's special tokens (a start token too, for most), which the tokenizer
+    reads back as those tokens.
+    """
+    check_text(text, "The prompt")
+    if not getattr(tokenizer, "chat_template", None):
+        raise LensError("This model's tokenizer has no chat template.")
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+    )

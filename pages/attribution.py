@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import re
 
 import streamlit as st
@@ -10,7 +14,8 @@ import lens
 from lens import attribution_charts as charts
 from lens import charts as lens_charts
 from lens import safe_csv, typable_token
-from ui import cached, exports, running, state
+from lens.provenance import Run, View
+from ui import cached, exports, reproduce, running, state
 from ui.escape import code, plain
 
 
@@ -32,7 +37,6 @@ def keep_valid(key: str, options) -> None:
         del st.session_state[key]
 
 
-running.run_through_app()
 st.title("Attribution: why this token?")
 st.markdown(
     "**How much each part of the model pushed this word up or down at this point.** Every layer's attention "
@@ -73,13 +77,18 @@ position_label = middle.selectbox(
 position = positions.index(position_label)
 row_index = result.layers.index(row)
 top_guess = typable_token(model, int(result.top_ids[row_index, position, 0]))
+# One target: the sidebar's, unless this box names another token to explain on this page only.
+sidebar_target = ctx.choices.target
 typed_target = right.text_input(
-    "Target token",
+    "Token to explain (this page only)",
     key="attr_target",
     bind="query-params",
-    placeholder=top_guess,
-    help="The token to explain; empty means the lens's top guess at this cell. '#123' is token id 123.",
+    placeholder=sidebar_target or top_guess,
+    help="Empty: the sidebar's target token, or the lens's top guess at this cell when none is typed there. "
+    "A token here is explained on this page only; the other pages keep following the sidebar's. "
+    "'#123' is token id 123.",
 )
+explained_token = typed_target or sidebar_target or top_guess
 contrast = far.text_input(
     "Contrast token (optional)",
     key="attr_contrast",
@@ -94,11 +103,16 @@ try:
     with st.spinner("Splitting the logit into the model's parts…", show_time=True):
         writes = cached.cell_writes(query, row, position)
     attribution = writes.attribute(
-        model, parse_token(typed_target or top_guess), parse_token(contrast) if contrast.strip() else None
+        model, parse_token(explained_token), parse_token(contrast) if contrast.strip() else None
     )
 except lens.LensError as exc:
     running.show_error(str(exc))
     st.stop()
+if typed_target and sidebar_target and parse_token(typed_target) != parse_token(sidebar_target):
+    st.caption(
+        ":material/info: This page explains the token in its own box, not the sidebar's target; "
+        "clear the box to explain the sidebar's target here too."
+    )
 
 what = code(attribution.target) + (f" − {code(attribution.contrast)}" if attribution.contrast else "")
 shown = "logit difference" if attribution.contrast else "logit"
@@ -168,11 +182,22 @@ st.dataframe(table, hide_index=True, width="stretch")
 explained = attribution.writes
 target_named = attribution.target + (f" − {attribution.contrast}" if attribution.contrast else "")
 lines = exports.describe_run(explained.model_name, explained.lens_kind, explained.prompt, [target_named])
+run = Run(query.model_name, tuple(explained.token_ids), query.prompt, query.lens_source)
+view = View(
+    "attribution",
+    (run,),
+    points=tuple(ctx.choices.points),
+    row=row,
+    position=position,
+    target=attribution.target_id,
+    contrast=attribution.contrast_id,
+)
 exports.buttons(
     "attribution",
     safe_csv(attribution.to_frame()).encode(),
-    attribution.to_json(),
+    reproduce.with_provenance(attribution.to_json(), view),
     exports.titled(charts.layer_bars(attribution, width=560), f"Attribution at {explained.row}", lines),
     csv_help="One row per part (embedding, head, MLP, biases): its contribution; they add up to the logit.",
     json_help="The parts with their context: model, prompt, cell, target and contrast.",
 )
+reproduce.offer(view)

@@ -1,14 +1,18 @@
 """Several prompts on one model, one prompt on two models, or two lenses: side by side."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import pandas as pd
 import streamlit as st
 
 import lens
 from lens import charts, js_divergence, same_vocabulary, token_text
-from ui import cached, config, exports, lenses, models, running, state
+from lens.provenance import Run, View
+from ui import cached, config, exports, lenses, models, reproduce, running, state
 from ui.escape import code, plain
 
-running.run_through_app()
 st.title("Compare")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -194,18 +198,28 @@ with right:
         for label in labels[1:]:
             divergence = js_divergence(log_probs[reference], log_probs[label])
             rows += [
-                {"pair": f"{reference} vs {label}", "layer": layer, "value": float(v)}
+                {"pair": label, "layer": layer, "value": float(v)}
                 for layer, v in zip(results[reference].layers, divergence, strict=True)
             ]
         divergence_chart = charts.divergence_chart(
             pd.DataFrame(rows),
             results[reference].layers,
-            "Jensen–Shannon divergence, last position",
+            f"Jensen–Shannon divergence from {reference.split(' ')[0] if mode == 'prompts' else reference}",
             "JS divergence (bits)",
         )
         st.altair_chart(charts.stretched(divergence_chart), width="stretch")
         lines.append(divergence_chart)
 
+view = View(
+    "compare",
+    tuple(
+        Run(q.model_name, tuple(results[label].token_ids), q.prompt, q.lens_source, (targets[label],), label)
+        for label, q in runs.items()
+    ),
+    top_k=s.top_k,
+    points=tuple(s.points),
+    settings={"metric": metric, "positions_from_end": width, "measure": measure},
+)
 csv, json_text = exports.comparison_files(results)
 subtitle = [
     " · ".join(exports.describe(r))
@@ -214,4 +228,5 @@ subtitle = [
     for label, r in results.items()
 ]
 figure = charts.comparison_figure(figures, lines, charts.export_title(f"Compare: {info.title}", subtitle))
-exports.buttons("compare", csv, json_text, figure)
+exports.buttons("compare", csv, reproduce.with_provenance(json_text, view), figure)
+reproduce.offer(view)

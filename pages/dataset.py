@@ -1,16 +1,20 @@
 """Corpus statistics: how well each layer predicts, averaged over many texts."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import pandas as pd
 import streamlit as st
 
 import lens
 from lens import charts, safe_csv
-from ui import config, corpus_input, models, running, state
+from lens.provenance import Run, View
+from ui import config, corpus_input, models, reproduce, running, state
 from ui.escape import plain
 
 URL_TEXT_LIMIT = 2000  # characters of pasted text kept in the page's link
 
-running.run_through_app()
 st.title("Dataset statistics")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -79,7 +83,7 @@ readings = [
     *([(s.model_name, s.lens_source)] if s.lens_source else []),
     *([(second, None)] if second else []),
 ]
-frames = []
+frames, read = [], []
 for index, (model_name, lens_source) in enumerate(readings):
     if running.load_model(model_name) is None:
         continue
@@ -94,6 +98,7 @@ for index, (model_name, lens_source) in enumerate(readings):
             plain(f"{label}: only the first {limit:,} tokens were read (this server's cap, LENS_MAX_CORPUS_TOKENS).")
         )
     frames.append(frame.assign(source=label))
+    read.append(Run(model_name, (), "", lens_source, label=label))
 if not frames:
     st.stop()
 
@@ -116,3 +121,4 @@ st.download_button(
     key="corpus_csv",
     on_click="ignore",
 )
+reproduce.offer(View("dataset", tuple(read), points=tuple(s.points), texts=tuple(texts), max_tokens=limit))

@@ -1,5 +1,9 @@
 """Home page: the layer-by-position heatmap of the model's guesses."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import streamlit as st
 
 from lens import charts, typable_token
@@ -8,7 +12,6 @@ from ui.escape import plain
 
 WINDOW = 16
 
-running.run_through_app()
 choices = state.choices()
 lens_name = "Tuned lens" if choices.lens_source else "Logit lens"
 st.title(lens_name)
@@ -42,12 +45,22 @@ st.caption(f"Reads a start token first: {'yes' if result.prepend_bos else 'no'} 
 
 window = state.position_window(result, WINDOW) or (0, result.n_positions)
 row, position = state.selected_cell(result, state.query(choices), window)
-chart = charts.heatmap(result, metric, target=target, window=window, selected=(row, position))
+info = charts.METRICS[metric]
+domain = charts.default_domain(info, charts.metric_values(result, metric, target))
+drawn = {"target": target, "window": window, "color_domain": domain, "selected": (row, position)}
+chart = charts.heatmap(result, metric, **drawn)  # what the image exports hold, axes and legend included
 # A wrapping row (ui/static/app.css): the selected cell's details sit beside the heatmap
-# when both fit and below it otherwise, never over it; a heatmap wider than the page
-# scrolls inside its own frame.
+# when both fit and below it otherwise, never over it. A heatmap wider than the page
+# scrolls inside its own frame; its colour legend above and layer names on its left are
+# charts of their own outside that frame, so they stay in view however far it scrolls.
 with st.container(key="lens_charts"):
-    state.selectable_heatmap(chart, (row, position))
+    with st.container(key="lens_heatmap"):
+        with st.container(key="lens_legend"):
+            st.altair_chart(charts.colour_legend(metric, domain), width="content")
+        with st.container(horizontal=True, gap=None, key="lens_heatmap_row"):
+            with st.container(key="lens_layer_axis", width="content"):
+                st.altair_chart(charts.layer_axis(result.layers), width="content")
+            state.selectable_heatmap(charts.heatmap(result, metric, axes_apart=True, **drawn), (row, position))
     with st.container(key="cell_details"):
         state.cell_picker(result, window, (row, position))
         st.altair_chart(charts.topk_bars(result, row, position), width="content")
@@ -55,4 +68,5 @@ if st.button("Why this token?", key="why", help="Which layers, heads and MLPs pu
     cell = {"attr_row": result.layers[row], "attr_position": charts.column_labels(result)[position]}
     cell["attr_target"] = typable_token(ctx.model, int(result.top_ids[row, position, 0]))
     st.switch_page("pages/attribution.py", query_params=cell)  # the sidebar's own settings stay in the URL
-exports.export_buttons(result, chart, "logit-lens")
+shown = {"metric": metric, "positions": (window[0], window[1] - 1), "cell": (result.layers[row], position)}
+exports.export_buttons(result, chart, "logit-lens", shown=shown)

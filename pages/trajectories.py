@@ -1,12 +1,15 @@
 """How chosen tokens rise and fall across the layers at one position."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import streamlit as st
 
 from lens import charts
 from ui import exports, running, state
 from ui.escape import plain
 
-running.run_through_app()
 st.title("Token trajectories")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -88,9 +91,15 @@ traced = running.with_targets(state.query(ctx.choices), followed, ctx.choices.to
 for warning in traced.warnings:
     st.warning(plain(warning))
 chart = charts.trajectory_chart(traced, position, measure, title=f"Position {position}: {result.tokens[position]}")
-with st.container(key="trajectory_row"):
-    left, right = st.columns([3, 2], gap="medium")
-left.altair_chart(charts.stretched(chart), width="stretch")
+st.altair_chart(charts.stretched(chart), width="stretch")
+# The table below the chart, as wide as the page: every followed token, in the legend's order.
 table = charts.trajectory_frame(traced, position, measure).pivot(index="layer", columns="token", values="value")
-right.dataframe(table.reindex(reversed(traced.layers)), height=min(600, 38 + 35 * traced.n_rows))
-exports.export_buttons(traced, chart, "trajectories", heading=f"Token trajectories at position {position}")
+table = table.reindex(index=list(reversed(traced.layers)), columns=list(dict.fromkeys(traced.targets)))
+st.dataframe(table, height=min(600, 38 + 35 * traced.n_rows), width="stretch")
+exports.export_buttons(
+    traced,
+    chart,
+    "trajectories",
+    heading=f"Token trajectories at position {position}",
+    shown={"position": position, "measure": measure},
+)

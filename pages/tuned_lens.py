@@ -1,12 +1,15 @@
 """Train a tuned lens for the current model, or see which ones exist."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 import streamlit as st
 
 from lens import LensError, charts, train_tuned_lens, training_key
 from ui import cached, config, corpus_input, lenses, running, state
 from ui.escape import code, plain
 
-running.run_through_app()
 st.title("Tuned lens")
 with st.expander("What is a tuned lens?"):
     st.markdown(

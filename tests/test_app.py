@@ -29,7 +29,14 @@ def app(monkeypatch):
 
 
 def charts(at: AppTest):
-    return list(at.get("vega_lite_chart"))
+    """The page's charts, less the Lens heatmap's colour legend and layer names (charts of their own,
+    drawn outside the heatmap's scrolling frame): the heatmap comes first, as before."""
+    return [c for c in at.get("vega_lite_chart") if not _axis_or_legend(c)]
+
+
+def _axis_or_legend(element) -> bool:
+    datasets = element.proto.datasets
+    return len(datasets) == 1 and set(chart_data(element).columns) in ({"value"}, {"layer"})
 
 
 def chart_data(element):

@@ -10,7 +10,7 @@ from urllib.parse import parse_qs, urlencode, urlparse
 import pandas as pd
 import pytest
 
-from tests.browser_support import chromium, shoot, streamlit_server, wait_idle
+from tests.browser_support import CELL_BARS, HEATMAP, chromium, shoot, streamlit_server, wait_idle
 from tests.conftest import STORIES, require_shared
 
 pytestmark = pytest.mark.browser
@@ -40,23 +40,22 @@ def page(server, browser):
 
 
 def heatmap(tab):
-    return tab.locator("[data-testid=stVegaLiteChart]").first
+    return tab.locator(HEATMAP)
 
 
 def heatmap_state(tab) -> dict:
     """What the heatmap shows: every cell's fill, every label, and the outlined cell's box."""
     chart = heatmap(tab)
     return {
-        "fills": chart.locator("g.mark-rect").first.locator("path").evaluate_all(
-            "els => els.map(e => e.getAttribute('fill'))"
-        ),
+        "fills": chart.locator("g.mark-rect")
+        .first.locator("path")
+        .evaluate_all("els => els.map(e => e.getAttribute('fill'))"),
         "labels": chart.locator("g.mark-text text").evaluate_all("els => els.map(e => e.textContent)"),
-        "outlined": chart.locator("g.mark-rect").nth(1).locator("path").evaluate_all(
-            "els => els.map(e => e.getAttribute('transform') + e.getAttribute('d'))"
-        ),
-        "bars": tab.locator("[data-testid=stVegaLiteChart]").nth(1).locator("text").evaluate_all(
-            "els => els.map(e => e.textContent)"
-        ),
+        "outlined": chart.locator("g.mark-rect")
+        .nth(1)
+        .locator("path")
+        .evaluate_all("els => els.map(e => e.getAttribute('transform') + e.getAttribute('d'))"),
+        "bars": tab.locator(CELL_BARS).locator("text").evaluate_all("els => els.map(e => e.textContent)"),
     }
 
 
@@ -81,7 +80,7 @@ def test_hover_shows_top_k_and_click_shows_bars(page):
     background = tooltip.evaluate("e => getComputedStyle(e).backgroundColor")
     assert background in ("rgb(255, 255, 255)", "rgba(255, 255, 255, 1)")  # opaque
     first.click()
-    bars = page.locator("[data-testid=stVegaLiteChart]").nth(1)
+    bars = page.locator(CELL_BARS)
     bars.get_by_text("Top 5: L4 (output)").wait_for(state="detached", timeout=20_000)
     wait_idle(page)
     title = bars.locator("text").evaluate_all("els => els.map(e => e.textContent)")
@@ -101,9 +100,7 @@ def test_keyboard_picker_selects_a_cell_and_focus_is_visible(page):
     page.keyboard.type("1 ␣Once")
     page.keyboard.press("Enter")
     wait_idle(page)
-    subtitle = page.locator("[data-testid=stVegaLiteChart]").nth(1).locator("text").evaluate_all(
-        "els => els.map(e => e.textContent)"
-    )
+    subtitle = page.locator(CELL_BARS).locator("text").evaluate_all("els => els.map(e => e.textContent)")
     assert "after 1 ␣Once" in subtitle, subtitle
     assert "cell=0%2C1" in page.url, page.url
     link = page.locator("[data-testid=stPageLink-NavLink]").nth(1)
@@ -178,7 +175,7 @@ def test_switch_pages(page):
     wait_idle(page)
     shoot(page, "3-trajectories")
     page.locator("[data-testid=stPageLink-NavLink]", has_text="Compare").click()
-    page.get_by_text("Jensen–Shannon divergence, last position").first.wait_for(timeout=60_000)
+    page.get_by_text("Jensen–Shannon divergence from #1").first.wait_for(timeout=60_000)
     assert page.locator("[data-testid=stVegaLiteChart]").count() == 5  # two heatmaps, difference, two line charts
     wait_idle(page)
     shoot(page, "4-compare", full=True)

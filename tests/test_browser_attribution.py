@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from lens import attribute
-from tests.browser_support import shoot, wait_idle
+from tests.browser_support import HEATMAP, shoot, wait_idle
 from tests.test_browser import STORY, browser, server  # noqa: F401 - fixtures, instantiated for this module
 
 pytestmark = pytest.mark.browser
@@ -28,7 +28,7 @@ def no_sideways_scroll(tab) -> bool:
 def test_why_this_token_heads_and_download(browser, server, stories, tmp_path):  # noqa: F811
     tab = browser.new_page(viewport={"width": 1500, "height": 1400}, accept_downloads=True)
     tab.goto(f"{server}/?prompt={quote(STORY)}")
-    tab.locator("[data-testid=stVegaLiteChart]").first.get_by_text("␣Lily").first.wait_for(timeout=90_000)
+    tab.locator(HEATMAP).get_by_text("␣Lily").first.wait_for(timeout=90_000)
     wait_idle(tab)
     tab.get_by_role("button", name="Why this token?").click()
     tab.get_by_text("Attribution: why this token?").wait_for(timeout=60_000)

@@ -10,7 +10,7 @@ import urllib.parse
 
 import pytest
 
-from tests.browser_support import chromium, shoot, streamlit_server, wait_idle
+from tests.browser_support import HEATMAP, chromium, shoot, streamlit_server, wait_idle
 from tests.conftest import GPT2_TOKENIZER, require_shared
 
 pytestmark = pytest.mark.browser
@@ -129,3 +129,108 @@ def test_axe_finds_no_serious_violation(tab, page):
         if v["impact"] in ("critical", "serious")
     ]
     assert not serious, serious
+
+
+# Whether each layer name and each colour legend is wholly in view: inside the window and not
+# cut off by a frame that scrolls (or hides) what overflows it.
+AXES_IN_VIEW = """() => {
+  const shown = el => {
+    const r = el.getBoundingClientRect();
+    let left = Math.max(r.left, 0), right = Math.min(r.right, innerWidth);
+    for (let a = el.parentElement; a; a = a.parentElement) {
+      if (['auto', 'scroll', 'hidden'].includes(getComputedStyle(a).overflowX)) {
+        const b = a.getBoundingClientRect();
+        left = Math.max(left, b.left); right = Math.min(right, b.right);
+      }
+    }
+    return r.width > 0 && right - left >= r.width - 1;
+  };
+  const layer = /^L\\d+( \\(output\\))?$/;
+  const labels = [...document.querySelectorAll('[data-testid=stVegaLiteChart] g.role-axis text')]
+    .filter(t => layer.test(t.textContent));
+  const legends = [...document.querySelectorAll('[data-testid=stVegaLiteChart] g.role-legend')];
+  return {labels: labels.map(t => [t.textContent, shown(t)]), legends: legends.map(shown)};
+}"""
+
+
+# The selectable heatmap's frame, the leftmost cell wholly inside it (middle row), and the outline.
+CELLS = """() => {
+  const frame = document.querySelector('[class*=st-key-heatmap_] [data-testid=stVegaLiteChart]');
+  const box = e => {
+    const r = e.getBoundingClientRect();
+    return {left: r.left, right: r.right, top: r.top, bottom: r.bottom};
+  };
+  const groups = frame.querySelectorAll('svg.marks g.mark-rect');
+  const view = box(frame);
+  const cells = [...groups[0].querySelectorAll('path')].map(box)
+    .filter(c => c.left >= view.left + 2 && c.right <= view.right - 2);
+  const tops = [...new Set(cells.map(c => Math.round(c.top)))].sort((a, b) => a - b);
+  const row = tops[Math.floor(tops.length / 2)];
+  const pick = cells.filter(c => Math.round(c.top) === row).sort((a, b) => a.left - b.left)[0];
+  return {frame: view, pick, outline: groups.length > 1 ? box(groups[groups.length - 1]) : null};
+}"""
+
+
+def test_wide_heatmap_keeps_layer_names_legend_and_clicked_cell_in_view(tab):
+    _open(tab, "lens", PROMPTS["40tok"])
+    n_layers = 12
+    problems = []
+    for width in WIDTHS:
+        tab.set_viewport_size({"width": width, "height": 900})
+        tab.wait_for_timeout(700)
+        seen = tab.evaluate(AXES_IN_VIEW)
+        hidden = [name for name, shown in seen["labels"] if not shown]
+        if len(seen["labels"]) != n_layers or hidden:
+            problems.append(f"{width}px: layer names not all in view ({len(seen['labels'])} found; hidden {hidden})")
+        if not seen["legends"] or not all(seen["legends"]):
+            problems.append(f"{width}px: the colour legend is not wholly in view {seen['legends']}")
+        # Scroll the heatmap to its left end, click a cell there: after the rerun it stays in view.
+        tab.locator(HEATMAP).first.evaluate("f => f.scrollBy(-100000, 0)")
+        tab.wait_for_timeout(300)
+        before = tab.evaluate(CELLS)
+        pick = before["pick"]
+        tab.mouse.click((pick["left"] + pick["right"]) / 2, (pick["top"] + pick["bottom"]) / 2)
+        tab.wait_for_timeout(500)
+        wait_idle(tab)
+        tab.wait_for_timeout(300)
+        after = tab.evaluate(CELLS)
+        shoot(tab, f"clicked-cell-{width}")
+        outline, frame = after["outline"], after["frame"]
+        if outline is None or outline["left"] < frame["left"] - 3 or outline["right"] > frame["right"] + 3:
+            problems.append(f"{width}px: the clicked cell's outline {outline} is outside its frame {frame}")
+        elif abs(outline["left"] - pick["left"]) > 4:
+            moved = f"cell at {pick['left']}, now {outline['left']}"
+            problems.append(f"{width}px: the heatmap scrolled on a click ({moved})")
+    assert not problems, "\n".join(problems)
+
+
+# Every axis, legend and title text of every chart: its text, computed fill and fill opacity.
+CHART_TEXT = """() => [...document.querySelectorAll(
+    ['g.role-axis', 'g.role-legend', 'g.role-title'].map(g => `[data-testid=stVegaLiteChart] ${g} text`).join(', '))]
+  .filter(t => t.textContent.trim())
+  .map(t => {
+    const s = getComputedStyle(t);
+    return [t.textContent, s.fill, parseFloat(s.fillOpacity) * parseFloat(s.opacity)];
+  })
+"""
+
+
+def _contrast_on_white(fill: str, alpha: float) -> float:
+    """WCAG contrast of a CSS rgb() fill, blended at ``alpha`` over the page's white."""
+    channels = [float(v) for v in fill[fill.index("(") + 1 : fill.index(")")].split(",")[:3]]
+    blended = [alpha * c + (1 - alpha) * 255 for c in channels]
+    linear = [c / 255 / 12.92 if c / 255 <= 0.04045 else ((c / 255 + 0.055) / 1.055) ** 2.4 for c in blended]
+    luminance = 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    return 1.05 / (luminance + 0.05)
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "tuned"])
+def test_chart_text_contrast(tab, page):
+    """Axis labels, layer and token names, legends and titles read at 4.5:1 or better, as drawn."""
+    _open(tab, page, PROMPTS["13tok"])
+    texts = tab.evaluate(CHART_TEXT)
+    assert len(texts) > 10, texts  # the charts are there and their text is found
+    # Labels an axis hides where they would overlap are drawn fully transparent: not shown, not measured.
+    faint = [(text, fill, round(_contrast_on_white(fill, alpha), 2)) for text, fill, alpha in texts if alpha > 0]
+    faint = [t for t in faint if t[2] < 4.5]
+    assert not faint, faint[:10]

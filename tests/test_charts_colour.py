@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -72,3 +73,53 @@ def test_labels_contrast_with_the_fill_vega_draws(stories, metric):
     assert np.abs(np.asarray(fills) - expected).max() <= 1  # Python computes the fill Vega draws
     label_rgb = np.where((np.asarray(labels) == "white")[:, None], WHITE, BLACK)
     assert _contrast(np.asarray(fills), label_rgb).min() >= 4.5
+
+
+def _rendered_labels(chart) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Cell fills, label fills (RGB) and label texts of a heatmap as Vega draws it."""
+    import vl_convert
+
+    svg = vl_convert.vegalite_to_svg(chart.to_json())
+    cells_group = svg[svg.index('class="mark-rect') : svg.index('class="mark-text')]
+    fills = [tuple(int(v) for v in m) for m in re.findall(r'fill="rgb\((\d+), (\d+), (\d+)\)"', cells_group)]
+    text_group = svg[svg.index('class="mark-text') :]
+    text_group = text_group[: text_group.index("</g>")]
+    labels = re.findall(r'<text[^>]*fill="(#000|#fff|black|white)"[^>]*>([^<]*)</text>', text_group)
+    label_rgb = [WHITE if colour in ("#fff", "white") else BLACK for colour, _ in labels]
+    return np.asarray(fills), np.asarray(label_rgb), [text for _, text in labels]
+
+
+PROMPTS = ("Once upon a time, there was a little girl named", "Once upon a time, there was a little boy named")
+
+
+@pytest.mark.parametrize("metric", METRICS)
+def test_difference_labels_are_readable_and_say_the_difference(stories, metric):
+    a, b = (run_lens(stories, p, top_k=3, targets=[" Lily"]) for p in PROMPTS)
+    width = 6
+    chart = charts.difference_heatmap(a, b, metric, width, ("A", "B"), (a.target_ids[0], b.target_ids[0]))
+    fills, label_rgb, texts = _rendered_labels(chart)
+    assert len(fills) == len(texts) == a.n_rows * width
+    ratios = _contrast(fills, label_rgb)
+    assert ratios.min() >= 4.5, (metric, fills[ratios.argmin()], ratios.min())
+    # Each label reads back as its cell's difference, computed here independently.
+    values_a, values_b = (charts.metric_values(r, metric, r.target_ids[0]) for r in (a, b))
+    if charts.METRICS[metric].log:
+        values_a, values_b = np.log10(values_a), np.log10(values_b)
+    diff = (values_b[:, -width:].astype(float) - values_a[:, -width:].astype(float)).ravel()
+    shown = np.array([float(t.replace("−", "-")) for t in texts])
+    assert np.abs(shown - diff).max() <= 0.01 * np.abs(diff).max() + 1e-12
+
+
+def test_tiny_differences_keep_their_precision(stories):
+    """A scale spanning ±0.0004 must not read "+0.00" in every cell."""
+    a = run_lens(stories, PROMPTS[0], top_k=3, targets=[" Lily"])
+    rng = np.random.default_rng(0)
+    shift = rng.uniform(-4e-4, 4e-4, a.target_probs.shape).astype(np.float32)
+    b = dataclasses.replace(a, target_probs=a.target_probs + shift)
+    chart = charts.difference_heatmap(a, b, "target_prob", 6, ("A", "B"), (a.target_ids[0], b.target_ids[0]))
+    fills, label_rgb, texts = _rendered_labels(chart)
+    shown = np.array([float(t) for t in texts])
+    diff = (b.target_probs[0, :, -6:].astype(float) - a.target_probs[0, :, -6:].astype(float)).ravel()
+    assert len(set(texts)) > len(texts) // 2
+    assert np.abs(shown - diff).max() <= 0.05 * np.abs(diff).max()
+    assert _contrast(fills, label_rgb).min() >= 4.5

@@ -28,6 +28,7 @@ from lens.cli import main
 from lens.exports import FORMULA_STARTS, safe_csv
 from lens.tuned import TunedLens, train_tuned_lens
 from tests.conftest import ROOT, STORIES, require_shared, unescaped
+from tests.test_app import charts
 
 STORY = "Once upon a time, there was a little girl named"
 LONG = "Once upon a time, there was a little girl named Lily. She liked to play in the park with her dog."
@@ -260,7 +261,7 @@ def app(monkeypatch, tmp_path):
 
 
 def heatmap_positions(at: AppTest) -> list[int]:
-    chart = list(at.get("vega_lite_chart"))[0]
+    chart = charts(at)[0]  # the heatmap, not its separate legend or layer names
     return sorted(set(convert_arrow_bytes_to_pandas_df(chart.proto.datasets[0].data.data).position))
 
 

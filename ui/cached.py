@@ -272,3 +272,20 @@ def unavailable(model_id: str) -> str | None:
     except lens.LensError as exc:
         return str(exc)
     return None
+
+
+@st.cache_resource(max_entries=8, show_spinner=False)
+def chat_tokenizer(model_id: str):
+    """The tokenizer of a model on this machine when it has a chat template, else None.
+
+    Read on its own (a fraction of a second, no weights), so the sidebar can offer the
+    template before the model loads. A model that isn't here (NDIF, uncached) has none.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        source, _ = resolve_model_source(model_id)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no tokenizer here: no template to offer
+        return None
+    return tokenizer if getattr(tokenizer, "chat_template", None) else None

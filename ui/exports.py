@@ -21,7 +21,9 @@ import streamlit as st
 
 import lens
 from lens import charts, safe_csv
-from ui import models, running, state
+from lens.exports import comparison_frame
+from lens.provenance import Run, View
+from ui import models, reproduce, running, state
 
 
 def describe(result: lens.LensResult) -> list[str]:
@@ -51,34 +53,23 @@ def result_files(result: lens.LensResult) -> tuple[bytes, str]:
 
 
 def comparison_files(results: Mapping[str, lens.LensResult]) -> tuple[bytes, str]:
-    """CSV and JSON of every compared run: a ``run`` column, and a JSON list of runs.
-
-    Each run keeps its own target columns; ``target*`` columns repeat its first target
-    under one name, so runs whose models name the token differently stay in one column.
-    """
-    frames = []
-    for label, result in results.items():
-        frame = result.to_frame()
-        if result.targets:
-            frame.insert(0, "target", result.targets[0])
-            frame["target_prob"] = result.target_probs[0].ravel()
-            frame["target_rank"] = result.target_ranks[0].ravel()
-        frame.insert(0, "run", label)
-        frames.append(frame)
+    """CSV and JSON of every compared run: a ``run`` column (lens.exports.comparison_frame), and a JSON list of runs."""
     runs = [
         {"run": label, "result": json.loads(result.to_json(include_unembed_input=False))}
         for label, result in results.items()
     ]
-    return safe_csv(pd.concat(frames, ignore_index=True)).encode(), json.dumps(
-        {"runs": runs}, ensure_ascii=False
-    )
+    return safe_csv(comparison_frame(results)).encode(), json.dumps({"runs": runs}, ensure_ascii=False)
 
 
 def _render(spec: str, digest: str, key: str) -> None:
+    """Both images, with a progress bar: each takes vl_convert a few seconds on a large chart."""
     import vl_convert
 
+    bar = st.progress(0.0, text="Drawing the PNG (1 of 2)…")
     png = vl_convert.vegalite_to_png(spec, scale=2)
+    bar.progress(0.5, text="Drawing the SVG (2 of 2)…")
     svg = vl_convert.vegalite_to_svg(spec)
+    bar.empty()
     st.session_state[key] = (digest, png, svg)
 
 
@@ -117,21 +108,34 @@ def buttons(
             on_click="ignore",
             help=json_help,
         )
+        # One slot: the button, then its progress bar while the images are drawn (a click's
+        # rerun draws them here, not in a callback, which could show nothing), then the downloads.
+        slot = st.empty()
+        if (images is None or images[0] != digest) and slot.button(
+            "Prepare PNG and SVG",
+            key=f"{stem}_prepare",
+            help="Drawing the images takes a few seconds, with progress shown; then they download at once.",
+        ):
+            with slot.container():
+                _render(spec, digest, key)
+            images = st.session_state[key]
         if images is not None and images[0] == digest:
-            st.download_button("PNG", images[1], f"{stem}.png", "image/png", key=f"{stem}_png", on_click="ignore")
-            st.download_button("SVG", images[2], f"{stem}.svg", "image/svg+xml", key=f"{stem}_svg", on_click="ignore")
-        else:
-            st.button(
-                "Prepare PNG and SVG",
-                key=f"{stem}_prepare",
-                on_click=_render,
-                args=(spec, digest, key),
-                help="Drawing the images takes a second; then they download at once.",
-            )
+            with slot.container(horizontal=True, gap="small"):
+                st.download_button("PNG", images[1], f"{stem}.png", "image/png", key=f"{stem}_png", on_click="ignore")
+                st.download_button(
+                    "SVG", images[2], f"{stem}.svg", "image/svg+xml", key=f"{stem}_svg", on_click="ignore"
+                )
 
 
-def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str, heading: str | None = None) -> None:
-    """Downloads of the result (CSV, JSON) and the chart (PNG, SVG) as the screen shows them.
+def export_buttons(
+    result: lens.LensResult,
+    chart: alt.TopLevelMixin,
+    stem: str,
+    heading: str | None = None,
+    shown: dict[str, object] | None = None,
+) -> None:
+    """Downloads of the result (CSV, JSON) and the chart (PNG, SVG) as the screen shows them, and
+    the Python that remakes them. ``shown`` names display settings (metric, window) for both.
 
     A target typed in the sidebar goes into the files even when the chart isn't coloured by it.
     """
@@ -141,4 +145,7 @@ def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str,
             result = running.with_targets(state.query(c), [c.target], c.top_k)
     csv, json_text = result_files(result)
     heading = heading or f"{result.lens_kind.capitalize()} lens"
-    buttons(stem, csv, json_text, titled(chart, heading, describe(result)))
+    run = Run(c.model_name, tuple(result.token_ids), result.prompt, c.lens_source, tuple(result.target_ids))
+    view = View("lens", (run,), top_k=c.top_k, points=tuple(c.points), settings=shown or {}, stem=stem)
+    buttons(stem, csv, reproduce.with_provenance(json_text, view), titled(chart, heading, describe(result)))
+    reproduce.offer(view)

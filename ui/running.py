@@ -7,29 +7,28 @@ becomes one line on the page, and its traceback goes to the server log through
 
 from __future__ import annotations
 
+import html
 import logging
 import queue
-import runpy
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TypeVar
 
 import pandas as pd
 import streamlit as st
 
 import lens
+from lens.tokens import spacing_twin
 from ui import cached, config, models
 from ui.cached import LensQuery
 from ui.escape import code, plain
-from ui.state import Choices, choices, query
+from ui.state import PROMPT_TOKENS, Choices, choices, query
 
 T = TypeVar("T")
 Report = Callable[..., None]  # report(message, fraction or None, value=None)
-APP = Path(__file__).resolve().parent.parent / "app.py"
 log = logging.getLogger("lens.app")
 
 
@@ -38,20 +37,6 @@ class Context:
     choices: Choices
     model: lens.LensModel | lens.NnsightModel
     result: lens.LensResult
-
-
-def run_through_app() -> None:
-    """Make sure app.py, with its navigation and sidebar, drives this run.
-
-    When the very first request a server sees opens a sub-page URL, Streamlit runs that
-    page file on its own (its legacy pages/ folder mode) until app.py has called
-    st.navigation once. Then run app.py, which draws this same page, and stop here.
-    """
-    from streamlit.runtime.pages_manager import PagesManager
-
-    if PagesManager.uses_pages_directory:
-        runpy.run_path(str(APP), run_name="__main__")
-        st.stop()
 
 
 def one_line(error: BaseException, what: str) -> str:
@@ -280,7 +265,29 @@ def context(needs_local_weights: str | None = None) -> Context:
         show_error(str(exc))
         st.stop()
     describe_target(model, c)
+    show_tokens(result)
     return Context(c, model, result)
+
+
+CHIPS_SHOWN = 64  # a long prompt's chips stop here, with a count of the rest
+
+
+def show_tokens(result: lens.LensResult) -> None:
+    """The prompt's tokens as chips under the prompt box (␣ marks a space); each names its id on hover.
+
+    Token text is escaped: a token is data, never markup.
+    """
+    slot = st.session_state.get(PROMPT_TOKENS)
+    if slot is None:
+        return
+    chips = "".join(
+        f'<span class="lens-chip" title="position {i}, id {token_id}">{html.escape(token)}</span>'
+        for i, (token, token_id) in enumerate(zip(result.tokens[:CHIPS_SHOWN], result.token_ids, strict=False))
+    )
+    rest = result.n_positions - CHIPS_SHOWN
+    more = f'<span class="lens-chip-more">+{rest} more</span>' if rest > 0 else ""
+    label = f"{result.n_positions} tokens, as the model reads them"
+    slot.html(f'<div class="lens-chips"><small>{label}:</small> {chips}{more}</div>')
 
 
 def describe_target(model: lens.LensModel | lens.NnsightModel, c: Choices) -> None:
@@ -295,5 +302,34 @@ def describe_target(model: lens.LensModel | lens.NnsightModel, c: Choices) -> No
         return
     if warnings:
         caption.caption(f":material/warning: {plain(warnings[0])}")
-    else:
+        return
+    twin = spacing_twin(model, c.target)
+    if twin is None:
         caption.caption(f"One token: {code(names[0])} (id {ids[0]})")
+        return
+    followed, other = twin
+    box = caption.container()
+    spaced = "without" if c.target[:1].isspace() else "with"
+    line = f"Following {code(names[0])} (id {followed}), as typed. The same word {spaced} a leading space, "
+    line += f"{code(model.token_name(other))} (id {other}), is another token"
+    if models.has_local_weights(model):  # both from the cached run: no new forward pass
+        both = with_targets(query(c), [followed, other], c.top_k)
+        other_p, followed_p = (_percent(both.target_probs[i, -1, -1]) for i in (1, 0))
+        line += f": at the last position the output gives it {other_p} (the followed one {followed_p})"
+    box.caption(line + ".")
+    box.button(
+        f"Follow {model.token_name(other)} instead",
+        key="follow_twin",
+        on_click=_set_target,
+        args=(lens.typable_token(model, other),),
+        help="Switch the target to the other spelling.",
+    )
+
+
+def _percent(p: float) -> str:
+    """A probability as a percentage, in scientific notation when 0.1% would read as 0.0%."""
+    return f"{p:.1%}" if p >= 0.001 else f"{100 * p:.2g}%"
+
+
+def _set_target(text: str) -> None:
+    st.session_state["target"] = text

@@ -24,6 +24,7 @@ from ui.escape import plain
 
 CELL = "cell"  # session key and URL parameter of the selected heatmap cell, "row,position"
 CHOICES = "choices"  # session key of this run's sidebar choices
+PROMPT_TOKENS = "prompt_tokens"  # session key of the sidebar slot the prompt's token chips go in
 METRIC_HELP = (
     "Top-1 probability: how sure the layer is. Entropy: how spread out its guesses are. KL to final output: "
     "how far it is from the model's real answer. Target: how the token you typed in the sidebar fares."
@@ -41,6 +42,7 @@ class Choices:
     top_k: int
     target: str
     lens_source: str | None = None  # a tuned lens (folder or hub:<model>); None is the logit lens
+    chat_template: bool = False  # the prompt is wrapped in the model's chat format (already, in ``prompt``)
 
 
 def choices() -> Choices:

@@ -8,12 +8,13 @@ from pathlib import Path
 import streamlit as st
 
 STATIC = Path(__file__).resolve().parent / "static"
+SCRIPTS = ("focusable_frames.js", "heatmap_scroll.js", "copy_link.js")
 
 
 @cache
 def _markup() -> str:
     css = (STATIC / "app.css").read_text(encoding="utf-8")
-    script = (STATIC / "focusable_frames.js").read_text(encoding="utf-8")
+    script = "\n".join((STATIC / name).read_text(encoding="utf-8") for name in SCRIPTS)
     return f"<style>{css}</style><script>{script}</script>"
 
 

@@ -2,7 +2,9 @@
 // keys scroll it): give every chart frame a tab stop and a name as it appears.
 if (!window.lensFramesWatched) {
   window.lensFramesWatched = true;
+  // The Lens heatmap's legend and layer names never scroll: they need no tab stop.
   const mark = () => document.querySelectorAll('[data-testid=stVegaLiteChart]:not([tabindex])').forEach(f => {
+    if (f.closest('.st-key-lens_legend, .st-key-lens_layer_axis')) return;
     f.setAttribute('tabindex', '0');
     f.setAttribute('aria-label', 'Chart (scroll sideways with the arrow keys when it is wider than the page)');
   });
