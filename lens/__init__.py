@@ -10,6 +10,7 @@ from lens.backend import POINTS, Backend, Capabilities, OutputTransform, Readout
 from lens.corpus import corpus_stats
 from lens.engine import retarget, run_lens
 from lens.errors import LensError
+from lens.jacobian import FitCancelled, JacobianLens, fit_jacobian_lens, published_jacobian_lens
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.model import DEFAULT_MODEL, LensModel, load_model
 from lens.nnsight_backend import NnsightModel
@@ -22,6 +23,8 @@ __all__ = [
     "Backend",
     "Capabilities",
     "DEFAULT_MODEL",
+    "FitCancelled",
+    "JacobianLens",
     "LOGIT_LENS",
     "Lens",
     "LensError",
@@ -36,8 +39,10 @@ __all__ = [
     "TunedLens",
     "attribute",
     "corpus_stats",
+    "fit_jacobian_lens",
     "lens_rows",
     "load_model",
+    "published_jacobian_lens",
     "resolve_targets",
     "retarget",
     "run_lens",
