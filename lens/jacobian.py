@@ -151,11 +151,11 @@ class JacobianLens(Lens):
         return path
 
     @classmethod
-    def load(cls, path: str | Path) -> JacobianLens:
+    def load(cls, path: str | Path, *, max_bytes: int | None = None) -> JacobianLens:
         """A lens file (TransformerLens's artifact or fit-checkpoint format), or one LensError line.
 
-        The archive's entry sizes are read from its directory and checked against the memory
-        budget before a tensor is allocated; tensors are read with ``weights_only``, so a
+        The archive's entry sizes are read from its directory and checked against ``max_bytes``
+        (default: the memory still free) before a tensor is allocated; tensors are read with ``weights_only``, so a
         pickled payload never runs; NaN or infinite matrices are refused by name.
         """
         from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
@@ -163,7 +163,7 @@ class JacobianLens(Lens):
         path = Path(path)
         if not path.is_file():
             raise LensError(f"There is no Jacobian lens file at '{path}'.")
-        _check_archive(path)
+        _check_archive(path, max_bytes)
         try:
             fitted = TLJacobianLens.load(str(path))
         except Exception as exc:  # noqa: BLE001 - torch and TransformerLens raise many types
@@ -171,7 +171,7 @@ class JacobianLens(Lens):
         return cls(fitted, source=str(path))
 
 
-def _check_archive(path: Path) -> None:
+def _check_archive(path: Path, max_bytes: int | None) -> None:
     """Sizes from the zip directory torch.save writes, before anything is unpickled or allocated."""
     if not zipfile.is_zipfile(path):
         raise LensError(f"'{path.name}' is not a Jacobian lens file: it is not a torch.save archive.")
@@ -190,7 +190,7 @@ def _check_archive(path: Path) -> None:
         )
     stored = sum(e.file_size for e in entries if "/data/" in e.filename)
     # Matrices may be stored in fp16 and are read as fp32: count two bytes a value, the larger reading.
-    check_fits(stored / 2, f"The Jacobian lens '{path.name}'")
+    check_fits(stored / 2, f"The Jacobian lens '{path.name}'", max_bytes)
 
 
 def unembed_probe(model: Backend) -> list[float]:
@@ -356,7 +356,7 @@ def _check_whole(name: str, value: object, least: int) -> None:
         raise LensError(f"{name} must be a whole number of at least {least}, not {value!r}.")
 
 
-def published_jacobian_lens(model_name: str) -> JacobianLens:
+def published_jacobian_lens(model_name: str, *, max_bytes: int | None = None) -> JacobianLens:
     """The published lens for a model (``neuronpedia/jacobian-lens``), from the hub or its local cache.
 
     Resolved through TransformerLens's registry, the way ``JacobianLens.from_pretrained``
@@ -389,7 +389,7 @@ def published_jacobian_lens(model_name: str) -> JacobianLens:
             f"The published Jacobian lens for '{model_name}' is not cached here and the Hugging Face hub "
             f"can't be reached; connect once to download it, or {how}."
         ) from exc
-    return JacobianLens.load(path)
+    return JacobianLens.load(path, max_bytes=max_bytes)
 
 
 def has_published_lens(model_name: str) -> bool:

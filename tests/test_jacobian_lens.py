@@ -10,8 +10,6 @@ import zipfile
 import numpy as np
 import pytest
 import torch
-from conftest import ROOT, STORIES
-from test_tuned_lens import story_texts
 from transformer_lens.tools.analysis import JacobianLens as TLJacobianLens
 
 from lens import LensError, corpus_stats, load_model, run_lens
@@ -25,6 +23,8 @@ from lens.jacobian import (
 )
 from lens.tokens import tokenize_prompt
 from lens.tuned import train_tuned_lens
+from tests.conftest import ROOT, STORIES
+from tests.test_tuned_lens import story_texts
 
 PROMPTS = {
     "stories": "Once upon a time, there was a little girl named Lily. She liked to play in the park with her ball.",
@@ -236,14 +236,13 @@ def test_bad_files_get_one_line(tmp_path, stories_lens, monkeypatch):
 
 def test_oversized_file_is_refused_from_its_header_before_loading(tmp_path, stories_lens, monkeypatch):
     path = stories_lens.save(tmp_path / "lens.pt")
-    monkeypatch.setenv("LENS_MAX_MODEL_GB", "0.00001")  # 10 kB: the 4 x 64 x 64 fp32 matrices are 64 kB
 
     def refuse(*args, **kwargs):
         raise AssertionError("torch.load ran before the size check")
 
     monkeypatch.setattr(torch, "load", refuse)
     with pytest.raises(LensError, match="Jacobian lens 'lens.pt' has about .* parameters"):
-        JacobianLens.load(path)
+        JacobianLens.load(path, max_bytes=10_000)  # the 4 x 64 x 64 fp32 matrices are 64 kB
 
 
 def test_models_the_fit_cannot_run_on_get_one_line(stories):
