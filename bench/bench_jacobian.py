@@ -108,7 +108,10 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "fit":
         print(json.dumps(fit(sys.argv[2], int(sys.argv[3]))))
         return
-    for name, n_prompts in (("demo", 4), ("gpt2", 2)):
+    if len(sys.argv) > 1 and sys.argv[1] == "readout":  # one part alone: python bench/bench_jacobian.py readout gpt2
+        readout(sys.argv[2])
+        return
+    for name, n_prompts in (("demo", 4), ("gpt2", 1)):
         r = in_fresh_process("fit", name, str(n_prompts))
         print(
             f"fit on {name} (d_model {r['d_model']}): {r['per_prompt']:.1f} s per {TOKENS}-token prompt "

@@ -120,8 +120,8 @@ if kind == "jacobian":
         + ", ".join(f"`{label}`" for label in lenses.available_jacobian(s.model_name))
     )
     st.success(
-        f"Fitted on {fitted.n_prompts} prompts and saved. Pick it in the sidebar: Lens → Jacobian lens → "
-        f"'Fitted here: {path.stem}'."
+        f"Fitted on {fitted.n_prompts} prompt{'s' * (fitted.n_prompts != 1)} and saved. Pick it in the sidebar: "
+        f"Lens → Jacobian lens → 'Fitted here: {path.stem}'."
     )
     st.stop()
 

@@ -242,7 +242,7 @@ def test_lens_selector_uses_a_tuned_lens_found_on_disk(app, stories, lens_cache)
     app.query_params["compare_mode"] = "Logit, tuned and Jacobian lens"
     app.run()
     assert_no_failure(app)
-    assert len(charts(app)) == 5  # two heatmaps, their difference, the target chart, the divergence chart
+    assert len(charts(app)) == 6  # two heatmaps, their difference, the target chart, the divergence, KL per layer
 
 
 def test_tuned_lens_page_trains_saves_and_reuses(app, lens_cache):
