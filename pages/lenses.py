@@ -84,6 +84,11 @@ if kind == "jacobian":
     if not texts:
         st.info("Give some text to fit on.")
         st.stop()
+    if model.d_model >= 512:
+        st.warning(
+            f"Fitting backpropagates once per residual dimension ({model.d_model} here) for every prompt: expect "
+            "minutes per prompt on a CPU (see the README's measured figures)."
+        )
     path = lenses.jacobian_file(s.model_name, texts, prompts, tokens)
     if path.is_file():
         st.success("A Jacobian lens with exactly these settings is already fitted (kept on disk for every session).")
