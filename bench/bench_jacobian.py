@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, SHARED_MODELS, TEXT, gpt2_small_random, peak_rss_mb, prompt_of_length
+from common import ROOT, SHARED_MODELS, TEXT, cpu_seconds, gpt2_small_random, peak_rss_mb, prompt_of_length
 
 TOKENS = 128
 
@@ -64,17 +64,20 @@ def readout(name: str, repeats: int = 7) -> None:
     for method in methods.values():
         method()  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in methods}
+    cpu: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(repeats):
         for key, method in methods.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), cpu_seconds()
             method()
             seconds[key].append(time.perf_counter() - start)
+            cpu[key].append(cpu_seconds() - start_cpu)
     median = {key: statistics.median(times) for key, times in seconds.items()}
     best = {key: min(times) for key, times in seconds.items()}
+    median_cpu = {key: statistics.median(times) for key, times in cpu.items()}
     print(
         f"readout on {name} ({TOKENS} tokens): Jacobian lens {median['jacobian'] * 1e3:.0f} ms, logit lens "
         f"{median['logit'] * 1e3:.0f} ms: {median['jacobian'] / median['logit']:.2f}x (median of {repeats} turns; "
-        f"best {best['jacobian'] / best['logit']:.2f}x)"
+        f"best {best['jacobian'] / best['logit']:.2f}x; CPU time {median_cpu['jacobian'] / median_cpu['logit']:.2f}x)"
     )
 
 
