@@ -14,7 +14,7 @@ from lens.corpus import corpus_stats
 from lens.engine import retarget, run_lens
 from lens.errors import LensError
 from lens.exports import safe_csv
-from lens.jacobian import FitCancelled, JacobianLens, fit_jacobian_lens, published_jacobian_lens
+from lens.jacobian import FitCancelled, JacobianLens, fit_jacobian_lens, has_published_lens, published_jacobian_lens
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.model import DEFAULT_MODEL, LensModel, load_model
 from lens.nnsight_backend import NnsightModel
@@ -51,6 +51,7 @@ __all__ = [
     "charts",
     "corpus_stats",
     "fit_jacobian_lens",
+    "has_published_lens",
     "head_attention",
     "js_divergence",
     "last_position_log_probs",

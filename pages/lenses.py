@@ -4,8 +4,7 @@ import threading
 
 import streamlit as st
 
-from lens import FitCancelled, LensError, charts, fit_jacobian_lens, train_tuned_lens, training_key
-from lens.jacobian import has_published_lens
+from lens import FitCancelled, LensError, charts, fit_jacobian_lens, has_published_lens, train_tuned_lens, training_key
 from ui import cached, config, corpus_input, lenses, running, state
 
 running.run_through_app()

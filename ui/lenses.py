@@ -11,8 +11,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from lens import PUBLISHED_LENSES
-from lens.jacobian import has_published_lens
+from lens import PUBLISHED_LENSES, has_published_lens
 from lens.tuned import model_key
 from ui import config
 
