@@ -10,7 +10,7 @@ PAGES = [
     st.Page("pages/attribution.py", title="Attribution", icon=":material/account_tree:", url_path="attribution"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
-    st.Page("pages/tuned_lens.py", title="Tuned lens", icon=":material/tune:", url_path="tuned_lens"),
+    st.Page("pages/lenses.py", title="Lenses", icon=":material/tune:", url_path="lenses"),
 ]
 # The page list is drawn here as links: .streamlit/config.toml turns off Streamlit's own
 # list, which its legacy pages/ folder mode would show (file names) before this line runs.

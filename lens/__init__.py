@@ -16,6 +16,7 @@ from lens.corpus import corpus_stats
 from lens.engine import retarget, run_lens
 from lens.errors import LensError
 from lens.exports import safe_csv
+from lens.jacobian import FitCancelled, JacobianLens, fit_jacobian_lens, has_published_lens, published_jacobian_lens
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.loading import DEFAULT_MODEL, load_model
 from lens.model import LensModel
@@ -31,6 +32,8 @@ __all__ = [
     "Capabilities",
     "CellWrites",
     "DEFAULT_MODEL",
+    "FitCancelled",
+    "JacobianLens",
     "LOGIT_LENS",
     "Lens",
     "LensError",
@@ -50,11 +53,14 @@ __all__ = [
     "cell_writes",
     "charts",
     "corpus_stats",
+    "fit_jacobian_lens",
+    "has_published_lens",
     "head_attention",
     "js_divergence",
     "last_position_log_probs",
     "lens_rows",
     "load_model",
+    "published_jacobian_lens",
     "resolve_targets",
     "retarget",
     "run_lens",

@@ -10,7 +10,7 @@ import streamlit as st
 import lens
 from lens import charts, js_divergence, same_vocabulary, token_text
 from lens.provenance import Run, View
-from ui import cached, config, exports, lenses, models, reproduce, running, state
+from ui import cached, config, corpus_input, exports, lenses, models, reproduce, running, state
 from ui.escape import code, plain
 
 st.title("Compare")
@@ -23,11 +23,22 @@ with st.expander("What am I looking at?"):
         "**Jensen–Shannon divergence** (0 bits: identical guesses; 1 bit: no overlap at all)."
     )
 
+
+def dataset_texts() -> list[str]:
+    """The Dataset page's texts: its pasted lines, else the bundled sample (an upload isn't kept)."""
+    if st.session_state.get("corpus_source", st.query_params.get("corpus_source")) == "paste":
+        pasted = corpus_input.lines(st.session_state.get("corpus_text", st.query_params.get("corpus_text", "")))
+        if pasted:
+            return pasted
+    st.caption("On the bundled sample texts (the Dataset page's pasted texts are used when it has some).")
+    return corpus_input.sample_texts()
+
+
 s = state.choices()
 MODES = {
     "prompts": "Several prompts, one model",
     "models": "One prompt, two models",
-    "lenses": "Logit lens vs tuned lens",
+    "lenses": "Logit, tuned and Jacobian lens",
 }
 mode = state.linked_choice(
     st.radio, "Compare", list(MODES), key="compare_mode", what="comparison", name=MODES.get, default="prompts",
@@ -72,11 +83,15 @@ elif mode == "models":
         models.label(other): state.query(s, model_name=other, lens_source=None),
     }
 else:
-    tuned = s.lens_source or next(iter(lenses.available(s.model_name).values()), None)
-    if tuned is None:
-        st.info("This model has no tuned lens yet: train one on the Tuned lens page, then come back.")
+    found = lenses.first_of_each_kind(s.model_name, s.lens_source)
+    if not found:
+        st.info("This model has no tuned or Jacobian lens yet: make one on the Lenses page, then come back.")
         st.stop()
-    runs = {"Logit lens": state.query(s, lens_source=None), "Tuned lens": state.query(s, lens_source=tuned)}
+    # The Jacobian lens reads block outputs only, so every lens is read there, row for row.
+    lens_points = ("resid_post",) if "jacobian" in found else s.points
+    runs = {"Logit lens": state.query(s, lens_source=None, points=lens_points)}
+    for kind, lens_source in found.items():
+        runs[lenses.KIND_LABELS[kind].capitalize()] = state.query(s, lens_source=lens_source, points=lens_points)
 if len(runs) < 2:
     st.info("Give at least two prompts, one per line.")
     st.stop()
@@ -166,11 +181,15 @@ with st.container(key="compare_heatmaps"):
             column.altair_chart(charts.fit_to_container(heatmaps[label], width), width="stretch")
 
 figures = list(heatmaps.values())
-if len(results) == 2 and same_depth:
-    a, b = results[labels[0]], results[labels[1]]
+pair = (0, 1)
+if mode == "lenses" and len(results) > 2:
+    pairs = {f"{labels[j]} − {labels[i]}": (i, j) for j in range(1, len(labels)) for i in range(j)}
+    pair = pairs[st.selectbox("Difference heatmap", list(pairs), index=len(pairs) - 2, key="compare_pair")]
+if (len(results) == 2 or mode == "lenses") and same_depth:
+    a, b = results[labels[pair[0]]], results[labels[pair[1]]]
     short = [label.split(" ")[0] if mode == "prompts" else label for label in labels]
     difference = charts.difference_heatmap(
-        a, b, metric, width, (short[0], short[1]), (targets[labels[0]], targets[labels[1]])
+        a, b, metric, width, (short[pair[0]], short[pair[1]]), (targets[labels[pair[0]]], targets[labels[pair[1]]])
     )
     st.altair_chart(charts.fit_to_container(difference, width), width="stretch")
     figures.append(difference)
@@ -209,6 +228,38 @@ with right:
         )
         st.altair_chart(charts.stretched(divergence_chart), width="stretch")
         lines.append(divergence_chart)
+
+if mode == "lenses":
+    st.subheader("KL to the output, layer by layer")
+    KL_TEXTS = {"prompt": "This prompt (mean over positions)", "corpus": "The Dataset page's texts"}
+    on = state.linked_choice(
+        st.radio, "Measured on", list(KL_TEXTS), key="compare_kl_on", what="KL text", name=KL_TEXTS.get,
+        default="prompt", horizontal=True,
+    )  # fmt: skip
+    if on == "prompt":
+        kl = pd.DataFrame(
+            {"source": label, "layer": layer, "kl_to_final": float(r.kl_to_final[i].mean()), "n_tokens": r.n_positions}
+            for label, r in results.items()
+            for i, layer in enumerate(r.layers)
+        )
+    else:
+        texts = dataset_texts()
+        frames = []
+        for index, label in enumerate(labels):
+            try:
+                frame = running.corpus_with_progress(
+                    s.model_name, texts, lens_points, config.server().max_corpus_tokens, runs[label].lens_source,
+                    len(labels) - index - 1,
+                )  # fmt: skip
+            except lens.LensError as exc:
+                running.show_error(f"{label}: {exc}")
+                st.stop()
+            frames.append(frame.assign(source=label))
+        kl = pd.concat(frames, ignore_index=True)
+        st.caption(f"{int(kl.n_tokens.iloc[0]):,} predicted tokens from {len(texts)} texts.")
+    kl_chart = charts.corpus_chart(kl, "kl_to_final")
+    st.altair_chart(charts.stretched(kl_chart), width="stretch")
+    lines.append(kl_chart)
 
 view = View(
     "compare",

@@ -10,7 +10,7 @@ import streamlit as st
 import lens
 from lens import charts, safe_csv
 from lens.provenance import Run, View
-from ui import config, corpus_input, models, reproduce, running, state
+from ui import config, corpus_input, lenses, models, reproduce, running, state
 from ui.escape import plain
 
 URL_TEXT_LIMIT = 2000  # characters of pasted text kept in the page's link
@@ -77,7 +77,7 @@ second = state.linked_choice(
 )
 limit = config.server().max_corpus_tokens
 
-# The sidebar's model with the logit lens, with the tuned lens if one is picked, and a second model.
+# The sidebar's model with the logit lens, with the tuned or Jacobian lens if one is picked, and a second model.
 readings = [
     (s.model_name, None),
     *([(s.model_name, s.lens_source)] if s.lens_source else []),
@@ -87,7 +87,7 @@ frames, read = [], []
 for index, (model_name, lens_source) in enumerate(readings):
     if running.load_model(model_name) is None:
         continue
-    label = models.label(model_name) + (" · tuned lens" if lens_source else "")
+    label = models.label(model_name) + (f" · {lenses.KIND_LABELS[lenses.kind(lens_source)]}" if lens_source else "")
     try:
         frame = running.corpus_with_progress(model_name, texts, s.points, limit, lens_source, len(readings) - index - 1)
     except lens.LensError as exc:  # shown as one line; the rest of the page stays

@@ -7,19 +7,20 @@ run_through_app()  # first, before torch is imported: see ui.entry
 import streamlit as st
 
 from lens import charts, typable_token
-from ui import exports, running, state
+from ui import exports, lenses, running, state
 from ui.escape import plain
 
 WINDOW = 16
 
 choices = state.choices()
-lens_name = "Tuned lens" if choices.lens_source else "Logit lens"
+lens_name = lenses.KIND_LABELS[lenses.kind(choices.lens_source)].capitalize()
 st.title(lens_name)
 with st.expander("What am I looking at?"):
     st.markdown(
         "A language model reads your prompt one token at a time and, at every position, guesses the **next** "
         "token. It does so in stages (layers). The *logit lens* asks each layer: *if you had to answer now, "
-        "what would you say?* (A *tuned lens* first passes each layer through a small learned translator.)\n\n"
+        "what would you say?* (A *tuned lens* first passes each layer through a small learned translator; a "
+        "*Jacobian lens* through the network's average first-order effect of that layer on the output.)\n\n"
         "- **Columns** are the tokens of your prompt (␣ marks a space).\n"
         "- **Rows** are layers, from the first (bottom) to the model's real output (top).\n"
         "- **Each cell** shows that layer's best guess for the token that comes *after* its column; "

@@ -246,14 +246,14 @@ def test_lens_selector_uses_a_tuned_lens_found_on_disk(app, stories, lens_cache)
     for row, position, top1 in heatmap[["row", "position", "top1"]].itertuples(index=False):
         assert top1 == expected.top_tokens[row, position, 0]
     app.switch_page("pages/compare.py")
-    app.query_params["compare_mode"] = "Logit lens vs tuned lens"
+    app.query_params["compare_mode"] = "Logit, tuned and Jacobian lens"
     app.run()
     assert_no_failure(app)
-    assert len(charts(app)) == 5  # two heatmaps, their difference, the target chart, the divergence chart
+    assert len(charts(app)) == 6  # two heatmaps, their difference, the target chart, the divergence, KL per layer
 
 
 def test_tuned_lens_page_trains_saves_and_reuses(app, lens_cache):
-    app.switch_page("pages/tuned_lens.py").run()
+    app.switch_page("pages/lenses.py").run()
     assert_no_failure(app)
     app.slider(key="train_steps").set_value(10)
     app.select_slider(key="train_window").set_value(32).run()

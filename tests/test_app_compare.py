@@ -166,7 +166,7 @@ def test_logit_against_tuned_lens_with_a_target(app, stories, lens_cache):
     trained = train_tuned_lens(stories, [STORY + " She had a red ball."] * 5, steps=20, window=16, seed=0)
     trained.save(lenses.trained_folder(stories.name, "test-lens"))
     app.switch_page("pages/compare.py")
-    app.query_params.update({"compare_mode": "Logit lens vs tuned lens", "target": " Lily"})
+    app.query_params.update({"compare_mode": "Logit, tuned and Jacobian lens", "target": " Lily"})
     app.run()
     assert_no_failure(app)
     lines = chart_data(charts(app)[3])
@@ -175,7 +175,7 @@ def test_logit_against_tuned_lens_with_a_target(app, stories, lens_cache):
 
 
 def test_tuned_lens_page_lists_the_lens_it_just_trained(app, lens_cache):
-    app.switch_page("pages/tuned_lens.py").run()
+    app.switch_page("pages/lenses.py").run()
     app.slider(key="train_steps").set_value(10)
     app.select_slider(key="train_window").set_value(32).run()
     app.button(key="train").click().run()

@@ -21,7 +21,7 @@ PAGES = {
     "attribution": "attribution",
     "compare": "compare",
     "dataset": "dataset",
-    "tuned": "tuned_lens",
+    "lenses": "lenses",
 }
 PROMPTS = {
     "13tok": "The Eiffel Tower is in the city of Paris, France",
@@ -113,7 +113,7 @@ def test_layout_at_every_width(tab, page, prompt):
             for j, other in enumerate(g["charts"][i + 1 :], start=i + 1):
                 if _overlaps(chart, other):
                     problems.append(f"{where}: charts {i} and {j} overlap")
-    assert tab.locator("[data-testid=stVegaLiteChart]").count() > 0 or page == "tuned"
+    assert tab.locator("[data-testid=stVegaLiteChart]").count() > 0 or page == "lenses"
     assert not problems, "\n".join(problems)
 
 

@@ -287,7 +287,7 @@ def test_app_corrupt_tuned_lens_is_one_error(app, stories, tmp_path):
 @pytest.mark.parametrize("limit", ["5", "1"])
 def test_small_train_step_limit_keeps_the_tuned_lens_page_working(app, monkeypatch, limit):
     monkeypatch.setenv("LENS_MAX_TRAIN_STEPS", limit)
-    app.switch_page("pages/tuned_lens.py").run()
+    app.switch_page("pages/lenses.py").run()
     assert not app.exception and not app.error
     if limit == "5":
         assert app.slider(key="train_steps").max == 5
@@ -299,7 +299,7 @@ def test_unwritable_cache_dir_offers_the_trained_lens_as_a_download(app, monkeyp
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
     monkeypatch.setenv("LENS_CACHE_DIR", str(blocker))
-    app.switch_page("pages/tuned_lens.py").run()
+    app.switch_page("pages/lenses.py").run()
     app.slider(key="train_steps").set_value(10)
     app.select_slider(key="train_window").set_value(32).run()
     app.button(key="train").click().run()

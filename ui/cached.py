@@ -25,9 +25,8 @@ import torch
 
 import lens
 from lens.sources import resolve_model_source
-from ui import config
+from ui import config, lenses
 from ui import models as model_picker
-from ui.lenses import HUB_PREFIX
 
 TOP_K_COMPUTED = 20  # computed once; the top-k slider only slices it
 MB = 2**20
@@ -43,7 +42,7 @@ class LensQuery(NamedTuple):
     prompt: str
     prepend_bos: bool | None
     points: tuple[str, ...]
-    lens_source: str | None = None  # a tuned lens folder or hub:<model>; None is the logit lens
+    lens_source: str | None = None  # a tuned or Jacobian lens (see ui.lenses); None is the logit lens
 
 
 def held(value: object, depth: int = 0) -> Iterator[tuple[int, int]]:
@@ -62,6 +61,8 @@ def held(value: object, depth: int = 0) -> Iterator[tuple[int, int]]:
         yield id(value), int(value.memory_usage(deep=True).sum())
     elif isinstance(value, torch.nn.Module):
         yield from ((id(p), p.numel() * p.element_size()) for p in value.parameters() if not p.is_meta)
+    elif isinstance(value, lens.JacobianLens):
+        yield from ((id(m), m.numel() * m.element_size()) for m in value.fitted.jacobians.values())
     elif isinstance(value, (lens.LensModel, lens.NnsightModel)):
         yield id(value), model_bytes(value)
     elif depth < 3 and is_dataclass(value):
@@ -155,13 +156,28 @@ def model(name: str, _progress: Progress | None = None) -> lens.LensModel | lens
 def tuned_lens(source: str) -> lens.TunedLens:
     return models.get(
         ("tuned", source),
-        lambda: lens.TunedLens.load(source.removeprefix(HUB_PREFIX)),
+        lambda: lens.TunedLens.load(source.removeprefix(lenses.HUB_PREFIX)),
         config.server().model_cache_mb * MB,
     )
 
 
-def _lens(source: str | None) -> lens.TunedLens | None:
-    return None if not source else tuned_lens(source)
+def jacobian_lens(source: str) -> lens.JacobianLens:
+    """A Jacobian lens file (``jlens:<path>``) or a model's published lens (``jlens-hub:<model>``)."""
+    server = config.server()
+
+    def load() -> lens.JacobianLens:
+        if source.startswith(lenses.JACOBIAN_HUB_PREFIX):
+            name = source.removeprefix(lenses.JACOBIAN_HUB_PREFIX)
+            return lens.published_jacobian_lens(name, max_bytes=server.max_model_bytes)
+        return lens.JacobianLens.load(source.removeprefix(lenses.JACOBIAN_PREFIX), max_bytes=server.max_model_bytes)
+
+    return models.get(("jacobian", source), load, server.model_cache_mb * MB)
+
+
+def _lens(source: str | None) -> lens.Lens | None:
+    if not source:
+        return None
+    return jacobian_lens(source) if lenses.kind(source) == "jacobian" else tuned_lens(source)
 
 
 def _run_lens(query: LensQuery, **options) -> lens.LensResult:

@@ -96,13 +96,17 @@ def load_model(name: str, demo_key: str | None = "model") -> lens.LensModel | le
     return model
 
 
-def with_progress(work: Callable[[Report], T], label: str, curve: str | None = None) -> T:
+def with_progress(
+    work: Callable[[Report], T], label: str, curve: str | None = None, cancel: threading.Event | None = None
+) -> T:
     """Run ``work(report)`` in a worker thread while this one shows its progress and time.
 
     Streamlit elements can't be drawn from inside a cached function, so the work only
     posts ``report(message, fraction, value=None)``; a cache hit returns at once and
     shows nothing. With ``curve``, posted values are drawn as a live line chart of that
-    name (a training loss). Errors are raised here as one-line LensErrors.
+    name (a training loss). Errors are raised here as one-line LensErrors. ``cancel`` is
+    set when this run is interrupted (a click anywhere reruns the page), so work that
+    checks it stops instead of holding the model for a result nobody will see.
     """
     messages: queue.Queue = queue.Queue()
     outcome: dict[str, object] = {}
@@ -119,19 +123,23 @@ def with_progress(work: Callable[[Report], T], label: str, curve: str | None = N
     worker.join(0.2)
     box, plot = st.empty(), st.empty()
     message, fraction, values = label, None, []
-    while worker.is_alive():
-        while not messages.empty():
-            message, fraction, value = messages.get()
-            if value is not None:
-                values.append(value)
-        text = plain(f"{message} ({time.monotonic() - started:.0f} s)")
-        if fraction is None:
-            box.info(text)
-        else:
-            box.progress(min(max(fraction, 0.0), 1.0), text=text)
-        if curve and values:
-            plot.line_chart(pd.DataFrame({curve: values}), x_label="step", y_label=curve, height=220)
-        worker.join(0.25)
+    try:
+        while worker.is_alive():
+            while not messages.empty():
+                message, fraction, value = messages.get()
+                if value is not None:
+                    values.append(value)
+            text = plain(f"{message} ({time.monotonic() - started:.0f} s)")
+            if fraction is None:
+                box.info(text)
+            else:
+                box.progress(min(max(fraction, 0.0), 1.0), text=text)
+            if curve and values:
+                plot.line_chart(pd.DataFrame({curve: values}), x_label="step", y_label=curve, height=220)
+            worker.join(0.25)
+    finally:
+        if cancel is not None and worker.is_alive():
+            cancel.set()
     plot.empty()
     box.empty()
     error = outcome.get("error")

@@ -15,7 +15,11 @@ from ui.state import Choices
 
 OTHER = "__other__"
 BOS_OPTIONS = {"default": "Tokenizer's default", "on": "Always", "off": "Never"}
-LENS_KINDS = {"logit": "Logit lens", "tuned": "Tuned lens"}
+LENS_KINDS = {"logit": "Logit lens", "tuned": "Tuned lens", "jacobian": "Jacobian lens"}
+PICKERS = {
+    "tuned": ("Tuned lens", "tuned_lens", lenses.available),
+    "jacobian": ("Jacobian lens", "jacobian_lens", lenses.available_jacobian),
+}
 MODEL_NOTE = "model_note"
 TOP_K_LEAST, TOP_K_MOST, TOP_K_DEFAULT = 1, 20, 5
 
@@ -156,6 +160,11 @@ def render(server: Settings) -> Choices:
                 help="How many of the most likely tokens the tooltips and bar chart list.",
             )
     points = ("resid_pre",) * embed + ("resid_mid",) * attn + ("resid_post",)
+    if lenses.kind(lens_source) == "jacobian" and points != ("resid_post",):
+        st.sidebar.caption(
+            "The Jacobian lens reads block outputs only: the embedding and after-attention rows are off."
+        )
+        points = ("resid_post",)
     prepend_bos = {"default": None, "on": True, "off": False}[bos]
     chat = chat_template and prompt.strip() and cached.chat_tokenizer(model_name)
     if chat:
@@ -205,7 +214,7 @@ def _fall_back_to_demo(server: Settings) -> None:
 
 
 def _lens_picker(model_name: str) -> str | None:
-    """Logit lens, or one of the tuned lenses found for this model on disk or the hub."""
+    """Logit lens, or one of the tuned or Jacobian lenses found for this model on disk or the hub."""
     kind = state.linked_choice(
         st.segmented_control,
         "Lens",
@@ -215,13 +224,15 @@ def _lens_picker(model_name: str) -> str | None:
         name=LENS_KINDS.get,
         default="logit",
         help="The logit lens reads each layer with the model's own output head. The tuned lens first passes each "
-        "layer through a small learned translator, which reads early layers far better.",
+        "layer through a small learned translator, which reads early layers far better. The Jacobian lens first "
+        "carries each layer through the network's average first-order effect on the output (see the Lenses page).",
     )
-    if kind != "tuned":
+    if kind not in PICKERS:
         return None
-    found = lenses.available(model_name)
+    title, key, find = PICKERS[kind]
+    found = find(model_name)
     if not found:
-        st.caption("No tuned lens for this model yet: train one on the **Tuned lens** page.")
+        st.caption(f"No {title.lower()} for this model yet: make one on the **Lenses** page.")
         return None
-    label = st.selectbox("Tuned lens", list(found), key="tuned_lens", bind="query-params")
+    label = st.selectbox(title, list(found), key=key, bind="query-params")
     return found.get(label)
