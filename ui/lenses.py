@@ -67,7 +67,7 @@ def available_jacobian(model_name: str) -> dict[str, str]:
     """
     found: dict[str, str] = {}
     folder = jacobian_root() / model_key(model_name)
-    if folder.is_dir():
+    if path_exists(folder) and folder.is_dir():
         for file in sorted(folder.glob("*.pt"), key=lambda p: p.stat().st_mtime, reverse=True):
             found[f"Fitted here: {file.stem}"] = JACOBIAN_PREFIX + str(file)
     if has_published_lens(model_name):
