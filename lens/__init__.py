@@ -6,13 +6,14 @@ tuned, Jacobian) is a :class:`Lens`; every run returns a :class:`LensResult`.
 """
 
 from lens.attribution import Attribution, attribute
-from lens.backend import POINTS, Backend, Capabilities, OutputTransform, Readout, Row, lens_rows
+from lens.backend import POINTS, Backend, Capabilities, OutputTransform, Patch, Readout, Row, lens_rows
 from lens.corpus import corpus_stats
 from lens.engine import retarget, run_lens
 from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.model import DEFAULT_MODEL, LensModel, load_model
 from lens.nnsight_backend import NnsightModel
+from lens.patching import PatchResult, patch
 from lens.result import LensResult
 from lens.tokens import resolve_targets, tokenize_prompt, tokenize_target
 from lens.tuned import TunedLens, train_tuned_lens
@@ -30,6 +31,8 @@ __all__ = [
     "LogitLens",
     "NnsightModel",
     "OutputTransform",
+    "Patch",
+    "PatchResult",
     "POINTS",
     "Readout",
     "Row",
@@ -37,6 +40,7 @@ __all__ = [
     "attribute",
     "corpus_stats",
     "lens_rows",
+    "patch",
     "load_model",
     "resolve_targets",
     "retarget",
