@@ -187,7 +187,7 @@ class Readout:
 
 @dataclass(frozen=True)
 class Patch:
-    """Activations written into a run at one hook point: batch item ``items[k]``, position ``positions[k]`` gets ``values[k]``.
+    """Activations written into a run at one hook point: item ``items[k]`` at ``positions[k]`` gets ``values[k]``.
 
     Each batch item of a patched run carries its own replacement, so one forward pass
     makes many patched runs (activation patching sweeps every (layer, position) this way).
