@@ -17,7 +17,7 @@ from lens.exports import safe_csv
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.model import DEFAULT_MODEL, LensModel, load_model
 from lens.nnsight_backend import NnsightModel
-from lens.patching import PatchResult, patch
+from lens.patching import PatchResult, patch, patched_lens
 from lens.result import LensResult
 from lens.settings import Settings
 from lens.tokens import resolve_targets, tokenize_prompt, tokenize_target
@@ -55,6 +55,7 @@ __all__ = [
     "last_position_log_probs",
     "lens_rows",
     "patch",
+    "patched_lens",
     "load_model",
     "resolve_targets",
     "retarget",

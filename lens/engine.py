@@ -21,13 +21,13 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from lens.backend import Backend, Progress, Readout, Row, check_backend, lens_rows
+from lens.backend import Backend, Patch, Progress, Readout, Row, check_backend, lens_rows
 from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, check_lens
 from lens.result import LensResult
@@ -45,13 +45,14 @@ def capture_normed(
     token_ids: Sequence[int],
     rows: Sequence[Row],
     lens: Lens = LOGIT_LENS,
+    patches: Mapping[str, Patch] | None = None,
 ) -> torch.Tensor:
     """One forward pass; the final-norm output at every row, [rows, positions, d_model] fp32.
 
     ``lens`` carries each residual to what the readout reads; the last row is never
-    transformed, so it stays the model's output.
+    transformed, so it stays the model's output. ``patches`` are written into the run first.
     """
-    return capture_normed_batch(model, [list(token_ids)], rows, lens)[:, 0]
+    return capture_normed_batch(model, [list(token_ids)], rows, lens, patches)[:, 0]
 
 
 def capture_normed_batch(
@@ -59,6 +60,7 @@ def capture_normed_batch(
     batch: Sequence[Sequence[int]],
     rows: Sequence[Row],
     lens: Lens = LOGIT_LENS,
+    patches: Mapping[str, Patch] | None = None,
 ) -> torch.Tensor:
     """:func:`capture_normed` for equal-length sequences in one forward pass, [rows, batch, positions, d_model].
 
@@ -70,7 +72,7 @@ def capture_normed_batch(
     tokens = torch.tensor([list(ids) for ids in batch], dtype=torch.long, device=readout.device)
     with model.lock, torch.no_grad():
         try:
-            cache = model.capture(tokens, hooks)
+            cache = model.capture_patched(tokens, hooks, patches) if patches else model.capture(tokens, hooks)
         except (ValueError, KeyError) as exc:
             raise LensError(f"Model '{model.name}' cannot provide these residual points: {exc}") from exc
         normed = []
@@ -358,6 +360,7 @@ def run_lens(
     keep_unembed_input: bool = False,
     lens: Lens | None = None,
     progress: Progress | None = None,
+    patches: Mapping[str, Patch] | None = None,
 ) -> LensResult:
     """Read the model's next-token distribution after every residual point of ``prompt``.
 
@@ -365,10 +368,13 @@ def run_lens(
     final-norm outputs in the result so :func:`retarget` can add targets without a
     forward pass. ``lens`` is a :class:`~lens.lenses.Lens` (None is the logit lens).
     A backend without local weights (NDIF) reduces the cells where the model runs;
-    ``progress`` then hears its job's status (queued, running).
+    ``progress`` then hears its job's status (queued, running). ``patches`` write other
+    activations into the run first (the lens view of a patched run, see lens.patching).
     """
     model = check_backend(model)
     lens = check_lens(lens)
+    if patches:
+        model.capabilities.require("patching", "activation patching", model.name)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
         raise LensError(f"top_k must be a whole number of at least 1, not {top_k!r}.")
     token_ids = tokenize_prompt(model, prompt, prepend_bos)
@@ -377,7 +383,7 @@ def run_lens(
     lens.check_compatible(model)
     normed = None
     if model.capabilities.local_weights:
-        normed = capture_normed(model, token_ids, rows, lens)
+        normed = capture_normed(model, token_ids, rows, lens, patches)
         stats = cell_statistics(model.readout, normed, int(top_k), target_ids)
     else:
         if keep_unembed_input:

@@ -24,9 +24,10 @@ import pandas as pd
 import torch
 
 from lens.backend import Backend, Patch, Progress, check_backend
-from lens.engine import CHUNK_BYTES, release_freed_memory
+from lens.engine import CHUNK_BYTES, release_freed_memory, run_lens
 from lens.errors import LensError
-from lens.tokens import resolve_targets, tokenize_prompt
+from lens.result import LensResult
+from lens.tokens import resolve_targets, tokenize_prompt, uses_bos
 
 PATCH_POINTS = {
     "resid_pre": "hook_resid_pre",
@@ -69,6 +70,7 @@ class PatchResult:
     raw: np.ndarray
     clean_metric: float
     corrupted_metric: float
+    prepend_bos: bool
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -316,6 +318,7 @@ def patch(
         raw=raw.reshape(n_layers, len(swept)),
         clean_metric=clean_metric,
         corrupted_metric=corrupted_metric,
+        prepend_bos=uses_bos(model, prepend_bos),
         notes=notes,
     )
     if np.isnan(result.effect).all():
@@ -324,6 +327,43 @@ def patch(
             "patch to restore, so the effect is undefined."
         )
     return result
+
+
+def patched_lens(
+    model: Backend,
+    result: PatchResult,
+    layer: int,
+    position: int,
+    *,
+    top_k: int = 10,
+    points: Sequence[str] = ("resid_post",),
+) -> LensResult:
+    """The logit lens of one cell's patched run: the corrupted prompt with the clean ``point`` at (layer, position).
+
+    Its output row at the last position is the run the sweep measured there.
+    """
+    model = check_backend(model)
+    n_positions = len(result.clean_tokens)
+    if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < model.n_layers:
+        raise LensError(f"Layer {layer} is out of range: model '{model.name}' has layers 0 to {model.n_layers - 1}.")
+    if isinstance(position, bool) or not isinstance(position, (int, np.integer)) or not 0 <= position < n_positions:
+        raise LensError(f"Position {position} is out of range: the prompts have positions 0 to {n_positions - 1}.")
+    hook = point_hook(result.point, int(layer))
+    clean_ids = tokenize_prompt(model, result.clean, result.prepend_bos)
+    with model.lock, torch.no_grad():
+        clean = model.capture(torch.tensor([clean_ids], device=model.readout.device), [hook])[hook][0]
+    device = clean.device
+    cell = Patch(torch.tensor([0], device=device), torch.tensor([int(position)], device=device), clean[[position]])
+    targets = [result.target_id] + ([] if result.contrast_id is None else [result.contrast_id])
+    return run_lens(
+        model,
+        result.corrupted,
+        top_k=top_k,
+        targets=targets,
+        prepend_bos=result.prepend_bos,
+        points=points,
+        patches={hook: cell},
+    )
 
 
 def _check_pair(model: Backend, clean_ids: list[int], corrupted_ids: list[int]) -> None:
@@ -382,4 +422,4 @@ def _corrupted_answer(model: Backend, corrupted_final: torch.Tensor, target_id: 
     )
 
 
-__all__ = ["METRICS", "PATCH_POINTS", "PatchResult", "patch", "patched_metrics"]
+__all__ = ["METRICS", "PATCH_POINTS", "PatchResult", "patch", "patched_lens", "patched_metrics"]

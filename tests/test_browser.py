@@ -47,16 +47,18 @@ def heatmap_state(tab) -> dict:
     """What the heatmap shows: every cell's fill, every label, and the outlined cell's box."""
     chart = heatmap(tab)
     return {
-        "fills": chart.locator("g.mark-rect").first.locator("path").evaluate_all(
-            "els => els.map(e => e.getAttribute('fill'))"
-        ),
+        "fills": chart.locator("g.mark-rect")
+        .first.locator("path")
+        .evaluate_all("els => els.map(e => e.getAttribute('fill'))"),
         "labels": chart.locator("g.mark-text text").evaluate_all("els => els.map(e => e.textContent)"),
-        "outlined": chart.locator("g.mark-rect").nth(1).locator("path").evaluate_all(
-            "els => els.map(e => e.getAttribute('transform') + e.getAttribute('d'))"
-        ),
-        "bars": tab.locator("[data-testid=stVegaLiteChart]").nth(1).locator("text").evaluate_all(
-            "els => els.map(e => e.textContent)"
-        ),
+        "outlined": chart.locator("g.mark-rect")
+        .nth(1)
+        .locator("path")
+        .evaluate_all("els => els.map(e => e.getAttribute('transform') + e.getAttribute('d'))"),
+        "bars": tab.locator("[data-testid=stVegaLiteChart]")
+        .nth(1)
+        .locator("text")
+        .evaluate_all("els => els.map(e => e.textContent)"),
     }
 
 
@@ -101,8 +103,11 @@ def test_keyboard_picker_selects_a_cell_and_focus_is_visible(page):
     page.keyboard.type("1 ␣Once")
     page.keyboard.press("Enter")
     wait_idle(page)
-    subtitle = page.locator("[data-testid=stVegaLiteChart]").nth(1).locator("text").evaluate_all(
-        "els => els.map(e => e.textContent)"
+    subtitle = (
+        page.locator("[data-testid=stVegaLiteChart]")
+        .nth(1)
+        .locator("text")
+        .evaluate_all("els => els.map(e => e.textContent)")
     )
     assert "after 1 ␣Once" in subtitle, subtitle
     assert "cell=0%2C1" in page.url, page.url

@@ -288,3 +288,15 @@ def test_a_backend_that_cannot_patch_refuses_in_one_line(tiny_models):
     model = wrap_hf_model(hf, tiny_models["GPT2LMHeadModel"].tokenizer, name="tiny-nnsight")
     with pytest.raises(LensError, match="can't provide activation patching"):
         patch(model, *TINY_PAIR, target=" Lily")
+
+
+def test_the_lens_view_of_a_patched_run_is_the_run_the_sweep_measured(tiny_models):
+    model = tiny_models["GPT2LMHeadModel"]
+    result = patch(model, *TINY_PAIR, target=" Lily", metric="prob", point="mlp_out")
+    layer, position = np.unravel_index(np.argmax(np.abs(result.effect)), result.raw.shape)
+    view = patching_module.patched_lens(model, result, int(layer), int(position))
+    assert view.prompt == TINY_PAIR[1] and view.target_ids[0] == result.target_id
+    assert view.target_probs[0, -1, -1] == pytest.approx(result.raw[layer, position], rel=1e-5)
+    unpatched = patching_module.patched_lens(model, result, int(layer), 0)  # before the difference: corrupted
+    assert unpatched.target_probs[0, -1, -1] == pytest.approx(result.corrupted_metric, rel=1e-5)
+    assert abs(result.raw[layer, position] - result.corrupted_metric) > 1e-3 * result.corrupted_metric
