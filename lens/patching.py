@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -39,6 +40,7 @@ METRICS = ("logit_diff", "prob")
 # Activations a block holds at once per position, in widths of d_model: the residual, its
 # norm, q, k and v, the attention output and its projection, and the block's sum.
 BLOCK_WIDTHS = 8
+WORD = re.compile(r"\w+")
 SHOWN_TOKENS = 24  # a refusal that shows a tokenization stays one readable line
 # |clean - corrupted| below this fraction of the metric is rounding: there is nothing to restore.
 SAME_METRIC = 1e-5
@@ -366,6 +368,20 @@ def patched_lens(
     )
 
 
+def words(text: str) -> list[str]:
+    """The words of a prompt a person may swap (runs of letters and digits), in order."""
+    return [match.group() for match in WORD.finditer(text)]
+
+
+def replace_word(text: str, index: int, replacement: str) -> str:
+    """``text`` with its ``index``-th word (see :func:`words`) replaced: a corrupted prompt from a clean one."""
+    matches = list(WORD.finditer(text))
+    if not 0 <= index < len(matches):
+        raise LensError(f"There is no word {index} in the prompt; it has {len(matches)} words.")
+    match = matches[index]
+    return text[: match.start()] + replacement + text[match.end() :]
+
+
 def _check_pair(model: Backend, clean_ids: list[int], corrupted_ids: list[int]) -> None:
     """The two prompts must differ, in the same number of tokens (a position means the same slot in both)."""
     if clean_ids == corrupted_ids:
@@ -422,4 +438,13 @@ def _corrupted_answer(model: Backend, corrupted_final: torch.Tensor, target_id: 
     )
 
 
-__all__ = ["METRICS", "PATCH_POINTS", "PatchResult", "patch", "patched_lens", "patched_metrics"]
+__all__ = [
+    "METRICS",
+    "PATCH_POINTS",
+    "PatchResult",
+    "patch",
+    "patched_lens",
+    "patched_metrics",
+    "replace_word",
+    "words",
+]

@@ -69,9 +69,7 @@ def comparison_files(results: Mapping[str, lens.LensResult]) -> tuple[bytes, str
         {"run": label, "result": json.loads(result.to_json(include_unembed_input=False))}
         for label, result in results.items()
     ]
-    return safe_csv(pd.concat(frames, ignore_index=True)).encode(), json.dumps(
-        {"runs": runs}, ensure_ascii=False
-    )
+    return safe_csv(pd.concat(frames, ignore_index=True)).encode(), json.dumps({"runs": runs}, ensure_ascii=False)
 
 
 def _render(spec: str, digest: str, key: str) -> None:
