@@ -287,8 +287,12 @@ def patch(
             raise LensError(f"Model '{model.name}' has no {point} point at block {missing[0].split('.')[1]}.")
         clean_activations = {h: cache[h][0] for h in hooks}
         clean_final = cache[final][:, -1]
-        corrupted_final = model.capture(torch.tensor([corrupted_ids], device=device), [final])[final][:, -1]
-        del cache
+        corrupted_cache = model.capture(torch.tensor([corrupted_ids], device=device), [*hooks, final])
+        corrupted_final = corrupted_cache[final][:, -1]
+        # A cell whose clean activation is the corrupted one, bit for bit (every position before
+        # the first changed token: the model reads left to right), patches nothing: no run needed.
+        same = {h: torch.all(cache[h][0] == corrupted_cache[h][0], dim=-1).tolist() for h in hooks}
+        del cache, corrupted_cache
         if metric == "prob" and contrast_id is not None:
             notes.append("The probability metric reads the target alone; the contrast is not used.")
             contrast_id = None
@@ -298,10 +302,15 @@ def patch(
         measure = Metric(model, metric, target_id, contrast_id)
         clean_metric = float(measure(clean_final)[0])
         corrupted_metric = float(measure(corrupted_final)[0])
-    runs = [[(hook, int(p))] for hook in hooks for p in swept]
-    raw = patched_metrics(
-        model, corrupted_ids, clean_activations, runs, measure, batch_size=batch_size, progress=report
-    )
+    cells = [(hook, p) for hook in hooks for p in swept]
+    needed = [i for i, (hook, p) in enumerate(cells) if not same[hook][p]]
+    raw = np.full(len(cells), corrupted_metric)
+    raw[needed] = patched_metrics(
+        model, corrupted_ids, clean_activations, [[cells[i]] for i in needed], measure,
+        batch_size=batch_size, progress=report,
+    )  # fmt: skip
+    if not needed:
+        report("Every cell is the corrupted run: nothing to patch", 1.0)
     del clean_activations
     release_freed_memory()
     result = PatchResult(

@@ -29,10 +29,10 @@ PROMPTS = {
     "40tok": "In the beginning God created the heaven and the earth. And the earth was without form, and void; "
     "and darkness was upon the face of the deep. And the Spirit of God moved upon the face",
 }
-# The Patch page's corrupted prompts: one word of each prompt swapped, in as many tokens.
+# The Patch page's corrupted prompts: a late word swapped, in as many tokens (cells before it need no run).
 CORRUPTED = {
-    PROMPTS["13tok"]: PROMPTS["13tok"].replace(" city ", " town "),
-    PROMPTS["40tok"]: PROMPTS["40tok"].replace(" heaven ", " world "),
+    PROMPTS["13tok"]: PROMPTS["13tok"].replace(" Paris", " Rome"),
+    PROMPTS["40tok"]: PROMPTS["40tok"].removesuffix(" face") + " water",
 }
 
 # Each chart's visible box: its frame when the frame scrolls sideways on its own, else what

@@ -213,11 +213,20 @@ def test_patching_a_whole_layer_gives_the_clean_run(tiny_models, name):
 @pytest.mark.parametrize("name", ARCHITECTURES)
 @pytest.mark.parametrize("point", list(patching_module.PATCH_POINTS))
 def test_positions_before_the_first_difference_change_nothing(tiny_models, name, point):
-    result = patch(tiny_models[name], *TINY_PAIR, target=" Lily", point=point)
+    """Patched runs there give the corrupted metric (so the sweep may skip them: they are the corrupted run)."""
+    model = tiny_models[name]
+    result = patch(model, *TINY_PAIR, target=" Lily", point=point)
     first = _first_difference(result)
     assert 0 < first < len(result.positions) - 1
-    np.testing.assert_allclose(result.raw[:, :first], result.corrupted_metric, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(result.effect[:, :first], 0.0, atol=1e-5)
+    clean_ids, corrupted_ids = (tokenize_prompt(model, p) for p in TINY_PAIR)
+    hooks = [patching_module.point_hook(point, layer) for layer in range(model.n_layers)]
+    with torch.no_grad():
+        cache = model.capture(torch.tensor([clean_ids]), hooks)
+    runs = [[(hook, p)] for hook in hooks for p in range(first)]
+    measure = patching_module.Metric(model, "logit_diff", result.target_id, result.contrast_id)
+    patched = patching_module.patched_metrics(model, corrupted_ids, {h: cache[h][0] for h in hooks}, runs, measure)
+    np.testing.assert_allclose(patched, result.corrupted_metric, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(result.raw[:, :first], result.corrupted_metric)
     assert np.abs(result.effect[:, first:]).max() > 1e-3  # the differing positions do move the metric
 
 
