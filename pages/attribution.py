@@ -19,12 +19,6 @@ def draw(chart, extra: int, **kwargs):
     return st.altair_chart(chart, width="stretch", height=int(chart.height) + extra, **kwargs)
 
 
-def parse_token(text: str) -> str | int:
-    """A typed token: its text, or '#123' for token id 123 (tokens no text spells alone)."""
-    match = re.fullmatch(r"#(\d+)", text.strip())
-    return int(match.group(1)) if match else text
-
-
 def keep_valid(key: str, options) -> None:
     """Drop a remembered choice the current prompt no longer offers (a shorter prompt, other rows)."""
     if key in st.session_state and st.session_state[key] not in options:
@@ -93,7 +87,7 @@ try:
     with st.spinner("Splitting the logit into the model's parts…", show_time=True):
         writes = cached.cell_writes(query, row, position)
     attribution = writes.attribute(
-        model, parse_token(typed_target or top_guess), parse_token(contrast) if contrast.strip() else None
+        model, state.parse_token(typed_target or top_guess), state.parse_token(contrast) if contrast.strip() else None
     )
 except lens.LensError as exc:
     running.show_error(str(exc))

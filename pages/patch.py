@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from types import SimpleNamespace
 
 import streamlit as st
@@ -19,12 +18,6 @@ POINT_NAMES = {
     "mlp_out": "MLP output",
 }
 METRIC_NAMES = {"logit_diff": "Logit difference", "prob": "Target probability"}
-
-
-def parse_token(text: str) -> str | int:
-    """A typed token: its text, or '#123' for token id 123 (tokens no text spells alone)."""
-    match = re.fullmatch(r"#(\d+)", text.strip())
-    return int(match.group(1)) if match else text
 
 
 def make_corrupted() -> None:
@@ -111,8 +104,8 @@ try:
         clean_run = running.run(model, state.query(c, prompt=clean), 1)
         target = typable_token(model, int(clean_run.top_ids[-1, -1, 0]))
     request = cached.PatchQuery(
-        c.model_name, clean, corrupted, c.prepend_bos, parse_token(target),
-        parse_token(typed_contrast) if typed_contrast.strip() else None, point, metric,
+        c.model_name, clean, corrupted, c.prepend_bos, state.parse_token(target),
+        state.parse_token(typed_contrast) if typed_contrast.strip() else None, point, metric,
     )  # fmt: skip
     result = running.with_progress(
         lambda report: cached.patch_result(request, _progress=report), f"Patching {model.name}"
