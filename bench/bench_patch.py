@@ -46,7 +46,7 @@ def main() -> None:
     clean = prompt_of_length(model, args.tokens)
     ids = model.tokenizer(clean, add_special_tokens=False)["input_ids"]
     swapped = model.tokenizer(" dog", add_special_tokens=False)["input_ids"][0]
-    corrupted_ids = [*ids[: len(ids) // 2], swapped, *ids[len(ids) // 2 + 1 :]]
+    corrupted_ids = [swapped, *ids[1:]]  # the first token: no cell is the corrupted run, all 156 run
     corrupted = model.tokenizer.decode(corrupted_ids)
     assert model.tokenizer(corrupted, add_special_tokens=False)["input_ids"] == corrupted_ids
     tokens = torch.tensor([corrupted_ids])
