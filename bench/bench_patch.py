@@ -1,6 +1,6 @@
 """An activation-patching sweep against as many separate forward passes, on the GPT-2-small shape.
 
-    python bench/bench_patch.py [--tokens 13] [--repeats 5]
+    python bench/bench_patch.py [--tokens 13] [--repeats 5] [--skip-batch-1]
 
 (a) lens.patch: resid_pre at every (layer, position), 12 x 13 = 156 patched runs, batched
     (plus the clean and corrupted runs it needs).
@@ -35,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=13)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--skip-batch-1", action="store_true", help="leave out (c), the slowest method")
     args = parser.parse_args()
 
     import torch
@@ -64,20 +65,23 @@ def main() -> None:
             for _ in range(n_runs):
                 model.capture(tokens, [final])
 
-    methods = {"patch (batched)": sweep, f"{n_runs} forward passes": separate_passes, "patch (batch 1)": one_at_a_time}
-    for work in methods.values():  # warm-up
-        work()
+    methods = {"patch (batched)": sweep, f"{n_runs} forward passes": separate_passes}
+    if not args.skip_batch_1:
+        methods["patch (batch 1)"] = one_at_a_time
+    patch(model, clean, corrupted, target=" the", prepend_bos=False, positions=[0])  # warm-up: every code path
     release_freed_memory()
     before = rss_mb()
     peak_known = reset_peak_rss()
     sweep()
     peak_rise = peak_rss_mb() - before
+    print(f"  (peak memory of one batched sweep: {peak_rise:.0f} MB)", flush=True)
     times: dict[str, list[float]] = {name: [] for name in methods}
     for _ in range(args.repeats):
         for name, work in methods.items():
             started = time.perf_counter()
             work()
             times[name].append(time.perf_counter() - started)
+            print(f"  ({name}: {times[name][-1]:.2f} s)", flush=True)
     medians = {name: statistics.median(values) for name, values in times.items()}
     floor = medians[f"{n_runs} forward passes"]
     print(f"GPT-2-small shape, {model.n_layers} layers x {args.tokens} positions = {n_runs} patched runs (resid_pre)")
