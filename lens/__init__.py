@@ -3,7 +3,7 @@
 Importable without Streamlit; the dashboard and the CLI are thin layers over this.
 Every model, whichever library runs it, is a :class:`Backend`; every lens (logit,
 tuned, Jacobian) is a :class:`Lens`; every run returns a :class:`LensResult`.
-``charts`` and ``attribution_charts`` (Altair chart builders) are submodules, imported on use.
+``charts``, ``attribution_charts`` and ``patch_charts`` (Altair chart builders) are submodules, imported on use.
 """
 
 from lens.attribution import Attribution, CellWrites, attribute, cell_writes, head_attention
@@ -17,7 +17,9 @@ from lens.exports import safe_csv
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.model import DEFAULT_MODEL, LensModel, load_model
 from lens.nnsight_backend import NnsightModel
-from lens.patching import PatchResult, patch, patched_lens
+from lens.patching import METRICS as PATCH_METRICS
+from lens.patching import PATCH_POINTS, PatchResult, patch, patched_lens, replace_word
+from lens.patching import words as prompt_words
 from lens.result import LensResult
 from lens.settings import Settings
 from lens.tokens import resolve_targets, tokenize_prompt, tokenize_target
@@ -37,6 +39,8 @@ __all__ = [
     "LogitLens",
     "NnsightModel",
     "OutputTransform",
+    "PATCH_METRICS",
+    "PATCH_POINTS",
     "Patch",
     "PatchResult",
     "POINTS",
@@ -49,6 +53,7 @@ __all__ = [
     "attribution_charts",
     "cell_writes",
     "charts",
+    "patch_charts",
     "corpus_stats",
     "head_attention",
     "js_divergence",
@@ -56,6 +61,8 @@ __all__ = [
     "lens_rows",
     "patch",
     "patched_lens",
+    "prompt_words",
+    "replace_word",
     "load_model",
     "resolve_targets",
     "retarget",

@@ -7,8 +7,7 @@ from types import SimpleNamespace
 import streamlit as st
 
 import lens
-from lens import charts, patch_charts, safe_csv, typable_token
-from lens.patching import METRICS, PATCH_POINTS, replace_word, words
+from lens import PATCH_METRICS, PATCH_POINTS, charts, patch_charts, prompt_words, replace_word, safe_csv, typable_token
 from ui import cached, exports, models, running, state
 
 POINT_NAMES = {
@@ -24,7 +23,7 @@ def make_corrupted() -> None:
     """The word helper's button: the clean prompt with the chosen word replaced becomes the corrupted one."""
     clean, index = st.session_state.get("patch_clean", ""), st.session_state.get("patch_word")
     replacement = st.session_state.get("patch_replacement", "")
-    if index is not None and replacement.strip() and index < len(words(clean)):
+    if index is not None and replacement.strip() and index < len(prompt_words(clean)):
         st.session_state["patch_corrupted"] = replace_word(clean, index, replacement.strip())
 
 
@@ -64,7 +63,7 @@ corrupted = prompts[1].text_area(
     "Corrupted prompt", key="patch_corrupted", bind="query-params", height=80,
     help="The same prompt with a word changed, in as many tokens; or make it with the helper below.",
 )  # fmt: skip
-clean_words = words(clean)
+clean_words = prompt_words(clean)
 with st.container(horizontal=True, gap="small", vertical_alignment="bottom", key="patch_helper"):
     st.selectbox(
         "Word to replace", range(len(clean_words)), format_func=lambda i: f"{i + 1}: {clean_words[i]}",
@@ -89,7 +88,7 @@ with options[2]:
     )  # fmt: skip
 with options[3]:
     metric = state.linked_choice(
-        st.selectbox, "Metric", list(METRICS), key="patch_metric", what="metric", name=METRIC_NAMES.get,
+        st.selectbox, "Metric", list(PATCH_METRICS), key="patch_metric", what="metric", name=METRIC_NAMES.get,
         default="logit_diff",
     )  # fmt: skip
 
