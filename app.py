@@ -9,6 +9,7 @@ PAGES = [
     st.Page("pages/trajectories.py", title="Trajectories", icon=":material/show_chart:", url_path="trajectories"),
     st.Page("pages/attribution.py", title="Attribution", icon=":material/account_tree:", url_path="attribution"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
+    st.Page("pages/patch.py", title="Patch", icon=":material/healing:", url_path="patch"),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
     st.Page("pages/lenses.py", title="Lenses", icon=":material/tune:", url_path="lenses"),
 ]

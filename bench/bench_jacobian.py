@@ -1,6 +1,6 @@
 """Jacobian lens: fit time per prompt and peak memory, readout time against the logit lens, KL by layer.
 
-    python bench/bench_jacobian.py
+    python -m bench.bench_jacobian
 
 Fit: ``fit_jacobian_lens`` (TransformerLens's estimator) on prompts of 128 tokens, on the
 bundled demo model and the GPT-2-small shape, each in a fresh process so its peak memory
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from common import ROOT, SHARED_MODELS, TEXT, cpu_seconds, gpt2_small_random, peak_rss_mb, prompt_of_length
+from bench.common import ROOT, SHARED_MODELS, TEXT, cpu_seconds, gpt2_small_random, peak_rss_mb, prompt_of_length
 
 TOKENS = 128
 
@@ -103,7 +103,9 @@ def kl_by_layer() -> None:
 
 
 def in_fresh_process(*args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, *args], cwd=ROOT, capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_jacobian", *args], cwd=ROOT, capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -111,7 +113,7 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "fit":
         print(json.dumps(fit(sys.argv[2], int(sys.argv[3]))))
         return
-    if len(sys.argv) > 1 and sys.argv[1] == "readout":  # one part alone: python bench/bench_jacobian.py readout gpt2
+    if len(sys.argv) > 1 and sys.argv[1] == "readout":  # one part alone: python -m bench.bench_jacobian readout gpt2
         readout(sys.argv[2])
         return
     for name, n_prompts in (("demo", 4), ("gpt2", 1)):

@@ -3,14 +3,14 @@
 Importable without Streamlit; the dashboard and the CLI are thin layers over this.
 Every model, whichever library runs it, is a :class:`Backend`; every lens (logit,
 tuned, Jacobian) is a :class:`Lens`; every run returns a :class:`LensResult`.
-``charts`` and ``attribution_charts`` (Altair chart builders) are submodules, imported on use.
+``charts``, ``attribution_charts`` and ``patch_charts`` (Altair chart builders) are submodules, imported on use.
 """
 
 __version__ = "0.1.0"  # as in pyproject.toml; JSON exports record it
 
 from lens.attribution import Attribution, CellWrites, attribute, cell_writes, head_attention
 from lens.attribution import token_text as typable_token
-from lens.backend import POINTS, Backend, Capabilities, OutputTransform, Readout, Row, lens_rows
+from lens.backend import POINTS, Backend, Capabilities, OutputTransform, Patch, Readout, Row, lens_rows
 from lens.compare import js_divergence, last_position_log_probs, same_vocabulary, token_text
 from lens.corpus import corpus_stats
 from lens.engine import retarget, run_lens
@@ -21,6 +21,9 @@ from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.loading import DEFAULT_MODEL, load_model
 from lens.model import LensModel
 from lens.nnsight_backend import NnsightModel
+from lens.patching import METRICS as PATCH_METRICS
+from lens.patching import PATCH_POINTS, PatchResult, patch, patched_lens, replace_word
+from lens.patching import words as prompt_words
 from lens.result import LensResult
 from lens.settings import Settings
 from lens.tokens import resolve_targets, tokenize_prompt, tokenize_target
@@ -42,6 +45,10 @@ __all__ = [
     "LogitLens",
     "NnsightModel",
     "OutputTransform",
+    "PATCH_METRICS",
+    "PATCH_POINTS",
+    "Patch",
+    "PatchResult",
     "POINTS",
     "PUBLISHED_LENSES",
     "Readout",
@@ -52,6 +59,7 @@ __all__ = [
     "attribution_charts",
     "cell_writes",
     "charts",
+    "patch_charts",
     "corpus_stats",
     "fit_jacobian_lens",
     "has_published_lens",
@@ -59,6 +67,10 @@ __all__ = [
     "js_divergence",
     "last_position_log_probs",
     "lens_rows",
+    "patch",
+    "patched_lens",
+    "prompt_words",
+    "replace_word",
     "load_model",
     "published_jacobian_lens",
     "resolve_targets",

@@ -185,13 +185,34 @@ class Readout:
         return self.logits(self.normed(resid))
 
 
+@dataclass(frozen=True)
+class Patch:
+    """Activations written into a run at one hook point: item ``items[k]`` at ``positions[k]`` gets ``values[k]``.
+
+    Each batch item of a patched run carries its own replacement, so one forward pass
+    makes many patched runs (activation patching sweeps every (layer, position) this way).
+    """
+
+    items: torch.Tensor
+    positions: torch.Tensor
+    values: torch.Tensor
+
+    def write(self, activations: torch.Tensor, hook: object = None) -> torch.Tensor:
+        """A copy of ``activations`` [batch, positions, ...] with this patch's cells replaced (a forward hook)."""
+        patched = activations.clone()
+        patched[self.items, self.positions] = self.values.to(patched.dtype)
+        return patched
+
+
 class Backend(Protocol):
     """What the lens needs of a loaded model, whichever library runs it.
 
     ``capture`` runs one forward pass of ``tokens`` [batch, positions] and returns the
     residual at each hook name, [batch, positions, d_model]; the caller holds ``lock``,
     because hooks on a shared model would otherwise read another run's activations.
-    ``readout`` exists where ``capabilities.local_weights`` is true.
+    ``readout`` exists where ``capabilities.local_weights`` is true, and
+    ``capture_patched(tokens, hooks, patches)`` (the same capture with each hook's
+    :class:`Patch` written in first) where ``capabilities.patching`` is.
     """
 
     name: str

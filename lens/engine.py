@@ -22,14 +22,14 @@ import ctypes
 import functools
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from lens.backend import Backend, Progress, Readout, Row, check_backend, lens_rows
+from lens.backend import Backend, Patch, Progress, Readout, Row, check_backend, lens_rows
 from lens.checks import callback, flag, whole_number
 from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, check_lens
@@ -48,13 +48,14 @@ def capture_normed(
     token_ids: Sequence[int],
     rows: Sequence[Row],
     lens: Lens = LOGIT_LENS,
+    patches: Mapping[str, Patch] | None = None,
 ) -> torch.Tensor:
     """One forward pass; the final-norm output at every row, [rows, positions, d_model] fp32.
 
     ``lens`` carries each residual to what the readout reads; the last row is never
-    transformed, so it stays the model's output.
+    transformed, so it stays the model's output. ``patches`` are written into the run first.
     """
-    return capture_normed_batch(model, [list(token_ids)], rows, lens)[:, 0]
+    return capture_normed_batch(model, [list(token_ids)], rows, lens, patches)[:, 0]
 
 
 def capture_normed_batch(
@@ -62,6 +63,7 @@ def capture_normed_batch(
     batch: Sequence[Sequence[int]],
     rows: Sequence[Row],
     lens: Lens = LOGIT_LENS,
+    patches: Mapping[str, Patch] | None = None,
 ) -> torch.Tensor:
     """:func:`capture_normed` for equal-length sequences in one forward pass, [rows, batch, positions, d_model].
 
@@ -73,7 +75,7 @@ def capture_normed_batch(
     tokens = torch.tensor([list(ids) for ids in batch], dtype=torch.long, device=readout.device)
     with model.lock, torch.no_grad():
         try:
-            cache = model.capture(tokens, hooks)
+            cache = model.capture_patched(tokens, hooks, patches) if patches else model.capture(tokens, hooks)
         except (ValueError, KeyError) as exc:
             raise LensError(f"Model '{model.name}' cannot provide these residual points: {exc}") from exc
         normed = []
@@ -450,6 +452,7 @@ def run_lens(
     keep_unembed_input: bool = False,
     lens: Lens | None = None,
     progress: Progress | None = None,
+    patches: Mapping[str, Patch] | None = None,
 ) -> LensResult:
     """Read the model's next-token distribution after every residual point of ``prompt``.
 
@@ -458,10 +461,13 @@ def run_lens(
     final-norm outputs in the result so :func:`retarget` can add targets without a
     forward pass. ``lens`` is a :class:`~lens.lenses.Lens` (None is the logit lens).
     A backend without local weights (NDIF) reduces the cells where the model runs;
-    ``progress`` then hears its job's status (queued, running).
+    ``progress`` then hears its job's status (queued, running). ``patches`` write other
+    activations into the run first (the lens view of a patched run, see lens.patching).
     """
     model = check_backend(model)
     lens = check_lens(lens)
+    if patches:
+        model.capabilities.require("patching", "activation patching", model.name)
     whole_number(top_k, "top_k", 1)
     flag(keep_unembed_input, "keep_unembed_input")
     callback(progress, "progress")
@@ -471,7 +477,7 @@ def run_lens(
     lens.check_compatible(model)
     normed = None
     if model.capabilities.local_weights:
-        normed = capture_normed(model, token_ids, rows, lens)
+        normed = capture_normed(model, token_ids, rows, lens, patches)
         stats = cell_statistics(model.readout, normed, int(top_k), target_ids)
     else:
         if keep_unembed_input:

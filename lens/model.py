@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from lens import sources
-from lens.backend import Capabilities, OutputTransform, Progress, Readout, prefer_sdpa
+from lens.backend import Capabilities, OutputTransform, Patch, Progress, Readout, prefer_sdpa
 from lens.errors import LensError
 from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
@@ -143,12 +143,29 @@ class LensModel:
         every hook asked for has fired (some models, NanoChat's, also norm the embeddings with
         that module). Call it holding :attr:`lock`.
         """
+        return self._run_hooked(tokens, hooks, stop_at_layer, [])
+
+    def capture_patched(self, tokens: torch.Tensor, hooks: Sequence[str], patches: Mapping[str, Patch]) -> dict:
+        """:meth:`capture` with clean activations written into the run first: each batch item its own patch.
+
+        ``patches`` maps a hook name to the (item, position) cells it replaces, so one forward
+        pass carries many patched runs. Call it holding :attr:`lock`.
+        """
+        missing = [name for name in patches if name not in self.bridge.hook_dict]
+        if missing:
+            raise LensError(f"Model '{self.name}' has no {missing[0]} point to patch.")
+        return self._run_hooked(tokens, hooks, None, [(name, patch.write) for name, patch in patches.items()])
+
+    def _run_hooked(
+        self, tokens: torch.Tensor, hooks: Sequence[str], stop_at_layer: int | None, writers: list[tuple[str, Callable]]
+    ) -> dict:
         from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
         stop_point = "ln_final.hook_in"
         hook_dict = self.bridge.hook_dict
         if stop_at_layer is not None and stop_at_layer < self.n_layers or stop_point not in hook_dict:
-            _, cache = self.bridge.run_with_cache(tokens, names_filter=list(hooks), stop_at_layer=stop_at_layer)
+            with self.bridge.hooks(fwd_hooks=writers):
+                _, cache = self.bridge.run_with_cache(tokens, names_filter=list(hooks), stop_at_layer=stop_at_layer)
             return cache
         waiting = {name for name in hooks if name in hook_dict}
 
@@ -159,7 +176,8 @@ class LensModel:
             if not waiting:
                 raise StopAtLayerException(tensor)
 
-        with self.bridge.hooks(fwd_hooks=[*((name, fired(name)) for name in waiting), (stop_point, stop)]):
+        fwd_hooks = [*writers, *((name, fired(name)) for name in waiting), (stop_point, stop)]
+        with self.bridge.hooks(fwd_hooks=fwd_hooks):
             _, cache = self.bridge.run_with_cache(tokens, names_filter=list(hooks))
         return cache
 

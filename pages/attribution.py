@@ -25,12 +25,6 @@ def draw(chart, extra: int, **kwargs):
     return st.altair_chart(chart, width="stretch", height=int(chart.height) + extra, **kwargs)
 
 
-def parse_token(text: str) -> str | int:
-    """A typed token: its text, or '#123' for token id 123 (tokens no text spells alone)."""
-    match = re.fullmatch(r"#(\d+)", text.strip())
-    return int(match.group(1)) if match else text
-
-
 def keep_valid(key: str, options) -> None:
     """Drop a remembered choice the current prompt no longer offers (a shorter prompt, other rows)."""
     if key in st.session_state and st.session_state[key] not in options:
@@ -103,12 +97,12 @@ try:
     with st.spinner("Splitting the logit into the model's parts…", show_time=True):
         writes = cached.cell_writes(query, row, position)
     attribution = writes.attribute(
-        model, parse_token(explained_token), parse_token(contrast) if contrast.strip() else None
+        model, state.parse_token(explained_token), state.parse_token(contrast) if contrast.strip() else None
     )
 except lens.LensError as exc:
     running.show_error(str(exc))
     st.stop()
-if typed_target and sidebar_target and parse_token(typed_target) != parse_token(sidebar_target):
+if typed_target and sidebar_target and state.parse_token(typed_target) != state.parse_token(sidebar_target):
     st.caption(
         ":material/info: This page explains the token in its own box, not the sidebar's target; "
         "clear the box to explain the sidebar's target here too."

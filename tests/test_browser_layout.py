@@ -22,11 +22,17 @@ PAGES = {
     "compare": "compare",
     "dataset": "dataset",
     "lenses": "lenses",
+    "patch": "patch",
 }
 PROMPTS = {
     "13tok": "The Eiffel Tower is in the city of Paris, France",
     "40tok": "In the beginning God created the heaven and the earth. And the earth was without form, and void; "
     "and darkness was upon the face of the deep. And the Spirit of God moved upon the face",
+}
+# The Patch page's corrupted prompts: a late word swapped, in as many tokens (cells before it need no run).
+CORRUPTED = {
+    PROMPTS["13tok"]: PROMPTS["13tok"].replace(" Paris", " Rome"),
+    PROMPTS["40tok"]: PROMPTS["40tok"].removesuffix(" face") + " water",
 }
 
 # Each chart's visible box: its frame when the frame scrolls sideways on its own, else what
@@ -75,7 +81,8 @@ def tab(gpt2_folder, tmp_path_factory):
 
 def _open(tab, page: str, prompt: str) -> None:
     tab.set_viewport_size({"width": 1280, "height": 900})
-    tab.goto(f"{tab.base_url}/{PAGES[page]}?{urllib.parse.urlencode({'prompt': prompt})}")
+    params = {"prompt": prompt} | ({"patch_corrupted": CORRUPTED[prompt]} if page == "patch" else {})
+    tab.goto(f"{tab.base_url}/{PAGES[page]}?{urllib.parse.urlencode(params)}")
     wait_idle(tab)
 
 
@@ -90,6 +97,8 @@ def test_prompts_have_the_lengths_the_issue_names(gpt2_folder):
 
     tokenizer = GPT2TokenizerFast.from_pretrained(str(gpt2_folder))
     assert [len(tokenizer(p)["input_ids"]) for p in PROMPTS.values()] == [13, 40]
+    assert [len(tokenizer(CORRUPTED[p])["input_ids"]) for p in PROMPTS.values()] == [13, 40]
+    assert all(CORRUPTED[p] != p for p in PROMPTS.values())
 
 
 @pytest.mark.parametrize("prompt", list(PROMPTS))

@@ -277,6 +277,51 @@ def corpus(
     return results.get(("corpus", model_name, texts, points, max_tokens, lens_source), compute, _results_limit())
 
 
+class PatchQuery(NamedTuple):
+    """Everything that decides an activation-patching sweep."""
+
+    model_name: str
+    clean: str
+    corrupted: str
+    prepend_bos: bool | None
+    target: str | int
+    contrast: str | int | None
+    point: str
+    metric: str
+
+
+def patch_result(query: PatchQuery, _progress: Progress | None = None) -> lens.PatchResult:
+    """A sweep of every (layer, position), within the server's LENS_MAX_PATCH_CELLS (part of the key)."""
+    max_cells = config.server().max_patch_cells
+
+    def compute() -> lens.PatchResult:
+        runs["patch"] += 1
+        return lens.patch(
+            model(query.model_name),
+            query.clean,
+            query.corrupted,
+            target=query.target,
+            contrast=query.contrast,
+            point=query.point,
+            metric=query.metric,
+            prepend_bos=query.prepend_bos,
+            max_cells=max_cells,
+            progress=_progress,
+        )
+
+    return results.get(("patch", query, max_cells), compute, _results_limit())
+
+
+def patched_lens(query: PatchQuery, layer: int, position: int) -> lens.LensResult:
+    """The lens view of one cell's patched run (one forward pass of each prompt)."""
+
+    def compute() -> lens.LensResult:
+        runs["patched_lens"] += 1
+        return lens.patched_lens(model(query.model_name), patch_result(query), layer, position)
+
+    return results.get(("patched_lens", query, layer, position), compute, _results_limit())
+
+
 @st.cache_data(ttl=120, max_entries=64, show_spinner=False)
 def unavailable(model_id: str) -> str | None:
     """Why a model can't be loaded here without trying (not cached and no hub), or None.

@@ -10,6 +10,7 @@ A link value the app can't use becomes one visible warning, never a silent defau
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +53,12 @@ def choices() -> Choices:
 def query(c: Choices, **changes) -> LensQuery:
     """The sidebar's lens query, with any field changed (another prompt, model or lens)."""
     return LensQuery(c.model_name, c.prompt, c.prepend_bos, c.points, c.lens_source)._replace(**changes)
+
+
+def parse_token(text: str) -> str | int:
+    """A typed token: its text, or '#123' for token id 123 (tokens no text spells alone)."""
+    match = re.fullmatch(r"#(\d+)", text.strip())
+    return int(match.group(1)) if match else text
 
 
 def warn(message: str) -> None:
