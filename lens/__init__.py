@@ -13,6 +13,7 @@ from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.model import DEFAULT_MODEL, LensModel, load_model
 from lens.nnsight_backend import NnsightModel
+from lens.prompt_set import PromptSetResult, prompt_set
 from lens.result import LensResult
 from lens.tokens import resolve_targets, tokenize_prompt, tokenize_target
 from lens.tuned import TunedLens, train_tuned_lens
@@ -31,6 +32,7 @@ __all__ = [
     "NnsightModel",
     "OutputTransform",
     "POINTS",
+    "PromptSetResult",
     "Readout",
     "Row",
     "TunedLens",
@@ -38,6 +40,7 @@ __all__ = [
     "corpus_stats",
     "lens_rows",
     "load_model",
+    "prompt_set",
     "resolve_targets",
     "retarget",
     "run_lens",

@@ -234,13 +234,15 @@ def cell_statistics(
     readout: Readout,
     normed: torch.Tensor,
     top_k: int,
-    target_ids: Sequence[int],
+    target_ids: Sequence[int] | np.ndarray,
     next_ids: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Exact per-cell statistics from final-norm outputs, chunk by chunk.
 
     Returns top-k ids and probabilities, log-normaliser, entropy, KL(final || row), and
     the targets' probabilities, logits and ranks. The final row must be ``normed[-1]``.
+    ``target_ids`` is one list for every position, or a [targets, positions] array when
+    each position has its own (positions that are different prompts' last tokens).
     ``next_ids`` gives one token per position (the text's actual next token); its logit
     in every cell comes back as ``next_logits``.
 
@@ -253,7 +255,12 @@ def cell_statistics(
     vocab = readout.d_vocab
     k = min(top_k, vocab)
     device = normed.device
-    targets = torch.tensor(list(target_ids), dtype=torch.long, device=device)
+    targets = torch.as_tensor(
+        np.asarray(target_ids, dtype=np.int64).reshape(-1, n_pos) if np.ndim(target_ids) == 2 else list(target_ids),
+        dtype=torch.long,
+        device=device,
+    )
+    target_set = set(targets.flatten().tolist())
     block = _chunk_width(n_pos, n_rows, vocab)
     out = {
         "top_ids": np.empty((n_rows, n_pos, k), np.int64),
@@ -285,11 +292,11 @@ def cell_statistics(
         # holds them (the same product in another shape can round differently), so the
         # slabs that hold a target are made first.
         slabs = _slabs(padded.shape[0], n_cells)
-        first = [rows for rows in slabs if any(rows.start <= t < rows.stop for t in target_ids)]
+        first = [rows for rows in slabs if any(rows.start <= t < rows.stop for t in target_set)]
         rest = [rows for rows in slabs if rows not in first]
         for rows in first:
             _make_slab(readout, cells, padded, block_max, rows)
-        target_logits = logits[targets]
+        target_logits = _target_logits(logits, targets, positions, n_rows, width)
         for rows in first + rest:
             if rows in rest:
                 _make_slab(readout, cells, padded, block_max, rows)
@@ -314,6 +321,20 @@ def cell_statistics(
         _store(out, "target_probs", torch.exp(target_logits - log_normalizer), *at)
         _store(out, "target_ranks", 1 + counts, *at)
     return out
+
+
+def _target_logits(
+    logits: torch.Tensor, targets: torch.Tensor, positions: slice, n_rows: int, width: int
+) -> torch.Tensor:
+    """The targets' logits in every cell of a chunk, [targets, cells], from its vocab-major logits.
+
+    ``targets`` is [targets] (the same in every cell) or [targets, positions] (each
+    position its own); cells are row-major, so a position's targets repeat in every row.
+    """
+    if targets.ndim == 1:
+        return logits[targets]
+    per_cell = pad_positions(targets[:, positions, None], width)[..., 0].repeat(1, n_rows)
+    return torch.gather(logits, 0, per_cell)
 
 
 def _make_slab(
