@@ -243,7 +243,7 @@ def read_row(model: Backend, row: object, number: int, prepend_bos: bool | None 
     if not isinstance(row, Mapping):
         raise LensError(f"is {type(row).__name__}, not a mapping with prompt and target.")
     for column in ("prompt", "target"):
-        if _absent(row.get(column)):
+        if _missing(row.get(column)):
             raise LensError(f"has no {column}.")
     token_ids = tokenize_prompt(model, row["prompt"], prepend_bos)
     target_ids, _, warnings = resolve_targets(model, [_text(row["target"], "The target")])
@@ -266,9 +266,14 @@ def read_row(model: Backend, row: object, number: int, prepend_bos: bool | None 
     ), warnings
 
 
+def _missing(value: object) -> bool:
+    """No value: None, or NaN (pandas' empty cell)."""
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def _absent(value: object) -> bool:
-    """A cell left empty: None, NaN (pandas' empty cell) or blank text."""
-    return value is None or (isinstance(value, float) and math.isnan(value)) or (isinstance(value, str) and not value)
+    """An optional cell left empty: missing, or empty text."""
+    return _missing(value) or value == ""
 
 
 def _text(value: object, what: str) -> str:
