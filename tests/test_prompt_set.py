@@ -153,7 +153,8 @@ def test_bad_rows_are_reported_by_number_and_the_rest_computed(demo):
 
 
 def test_unparseable_jsonl_lines_keep_their_row_numbers(demo):
-    text = '{"prompt": "Thus saith the", "target": " LORD"}\nnot json\n[1, 2]\n{"prompt": "O house of", "target": " Israel"}'
+    good = ['{"prompt": "Thus saith the", "target": " LORD"}', '{"prompt": "O house of", "target": " Israel"}']
+    text = "\n".join([good[0], "not json", "[1, 2]", good[1]])
     result = prompt_set(demo, parse_rows(text, "jsonl"))
     assert result.errors == ["Row 2: is not valid JSON (Expecting value).", "Row 3: is not an object."]
     assert result.prompts.row.tolist() == [1, 4]
