@@ -13,7 +13,7 @@ from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.model import DEFAULT_MODEL, LensModel, load_model
 from lens.nnsight_backend import NnsightModel
-from lens.prompt_set import PromptSetResult, prompt_set
+from lens.prompt_set import PromptSetResult, prompt_set, read_prompt_rows
 from lens.result import LensResult
 from lens.tokens import resolve_targets, tokenize_prompt, tokenize_target
 from lens.tuned import TunedLens, train_tuned_lens
@@ -41,6 +41,7 @@ __all__ = [
     "lens_rows",
     "load_model",
     "prompt_set",
+    "read_prompt_rows",
     "resolve_targets",
     "retarget",
     "run_lens",

@@ -422,7 +422,10 @@ MAX_LINES = len(LINE_COLORS)
 def _line_style(field: str, title: str, names: Sequence[str], columns: int = 2) -> dict[str, alt.SchemaBase]:
     """Colour, point shape and dash pattern, all keyed on one field, with one legend."""
     domain = list(dict.fromkeys(names))
-    legend = alt.Legend(orient="top", columns=columns, labelLimit=220, symbolStrokeWidth=2, symbolSize=90)
+    # symbolOpacity: a translucent band drawn under a line would otherwise fade its legend symbol.
+    legend = alt.Legend(
+        orient="top", columns=columns, labelLimit=220, symbolStrokeWidth=2, symbolSize=90, symbolOpacity=1
+    )
     n = len(domain)
     return {
         "color": alt.Color(

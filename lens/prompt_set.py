@@ -100,6 +100,29 @@ class PromptSetResult:
     def measures(self) -> list[str]:
         return [m for m in self.per_prompt.columns if m in BASE_MEASURES or m.startswith(CONCEPT_PREFIX)]
 
+    def to_json(self) -> str:
+        """The summary, the per-prompt numbers, the prompts read and the rows that weren't, as one JSON object."""
+        tables = {
+            name: json.loads(frame.to_json(orient="records", force_ascii=False))
+            for name, frame in (
+                ("summary", self.to_frame()),
+                ("per_prompt", self.per_prompt),
+                ("prompts", self.prompts),
+            )
+        }
+        return json.dumps(
+            {
+                "model": self.model_name,
+                "lens": self.lens_kind,
+                "layers": self.layers,
+                "concept_tokens": self.concept_tokens,
+                "errors": self.errors,
+                "warnings": self.warnings,
+                **tables,
+            },
+            ensure_ascii=False,
+        )
+
     def to_frame(self) -> pd.DataFrame:
         """Long form: per layer, group and measure, n, mean, 95% t-interval, median and quartiles.
 
@@ -193,7 +216,7 @@ class UnreadableRow:
     message: str
 
 
-def parse_rows(text: str, kind: str) -> list[Mapping[str, object] | UnreadableRow]:
+def read_prompt_rows(text: str, kind: str) -> list[Mapping[str, object] | UnreadableRow]:
     """Rows from CSV or JSONL text (``kind`` "csv" or "jsonl").
 
     CSV columns are prompt, target, contrast, group, and one ``concept:NAME`` column

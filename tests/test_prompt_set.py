@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lens import Capabilities, LensError, load_model, prompt_set, run_lens, tokenize_target
+from lens import Capabilities, LensError, charts, load_model, prompt_set, run_lens, tokenize_target
 from lens.exports import safe_csv
 from lens.intervals import t_quantile
-from lens.prompt_set import batches, parse_rows, read_row
+from lens.prompt_set import batches, read_prompt_rows, read_row
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 # t(0.975, df) for df = 1..30, as printed in statistics tables (three decimals).
@@ -49,7 +49,7 @@ def test_t_quantile_matches_the_printed_table():
 
 def _example_rows(name: str) -> list:
     path = DATA / name
-    return parse_rows(path.read_text(), path.suffix.lstrip("."))
+    return read_prompt_rows(path.read_text(), path.suffix.lstrip("."))
 
 
 def _single_runs(model, rows):
@@ -155,7 +155,7 @@ def test_bad_rows_are_reported_by_number_and_the_rest_computed(demo):
 def test_unparseable_jsonl_lines_keep_their_row_numbers(demo):
     good = ['{"prompt": "Thus saith the", "target": " LORD"}', '{"prompt": "O house of", "target": " Israel"}']
     text = "\n".join([good[0], "not json", "[1, 2]", good[1]])
-    result = prompt_set(demo, parse_rows(text, "jsonl"))
+    result = prompt_set(demo, read_prompt_rows(text, "jsonl"))
     assert result.errors == ["Row 2: is not valid JSON (Expecting value).", "Row 3: is not an object."]
     assert result.prompts.row.tolist() == [1, 4]
 
@@ -196,3 +196,20 @@ def test_exports_escape_formula_cells(demo):
     text = safe_csv(result.per_prompt) + safe_csv(result.to_frame())
     assert "'=HYPERLINK(1)" in text and "'+grp" in text
     assert "\n=" not in text and ",=" not in text and ",+" not in text
+
+
+def test_chart_draws_a_line_and_band_per_group_and_measure_and_aligns_depths(demo, stories):
+    demo_set = prompt_set(demo, _example_rows("prompt_set_demo.csv")).to_frame()
+    measures = ["target_probability", "concept: divine"]
+    frame = charts.prompt_set_frame({"demo": demo_set}, measures)
+    assert sorted(frame.series.unique()) == sorted(
+        f"{g} · {charts.measure_name(m)}" for g in ("scripture", "plays and novels") for m in measures
+    )
+    assert (frame.band_low >= 0).all() and (frame.band_high <= 1).all() and (frame.ci_low < 0).any()
+    spec = charts.prompt_set_chart({"demo": demo_set}, measures).to_dict()
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["area", "line", "point"]
+    assert spec["layer"][1]["encoding"]["x"]["field"] == "layer"
+    stories_set = prompt_set(stories, _example_rows("prompt_set_stories260K.jsonl")).to_frame()
+    both = charts.prompt_set_chart({"demo": demo_set, "stories": stories_set}, ["target_probability"]).to_dict()
+    assert both["layer"][1]["encoding"]["x"]["field"] == "depth"  # 6 layers against 5: relative depth
+    assert len(both["layer"][1]["encoding"]["color"]["scale"]["domain"]) == 4  # model · group · measure
