@@ -22,12 +22,13 @@ with st.sidebar.container(key="nav"):
 # say so at once, with the navigation already drawn, instead of a blank page.
 starting = st.empty()
 starting.info("Starting the lens engine…", icon=":material/hourglass_top:")
-from ui import page, sidebar  # noqa: E402 - imported after the first paint, see above
+from ui import config, sidebar, state, style  # noqa: E402 - imported after the first paint, see above
 
 starting.empty()
-page.style()
-st.session_state["settings"] = sidebar.render()
-if st.session_state["settings"].model_name == "demo" and (note := st.session_state.get(sidebar.MODEL_NOTE)):
+style.inject()
+server = config.read()  # the environment, once per run: every page and cache uses this reading
+st.session_state[state.CHOICES] = sidebar.render(server)
+if state.choices().model_name == "demo" and (note := st.session_state.get(sidebar.MODEL_NOTE)):
     st.info(note, icon=":material/cloud_off:")
-page.warn_about_settings()
+config.warn_about_settings()
 pages.run()

@@ -3,25 +3,31 @@
 Importable without Streamlit; the dashboard and the CLI are thin layers over this.
 Every model, whichever library runs it, is a :class:`Backend`; every lens (logit,
 tuned, Jacobian) is a :class:`Lens`; every run returns a :class:`LensResult`.
+``charts`` and ``attribution_charts`` (Altair chart builders) are submodules, imported on use.
 """
 
-from lens.attribution import Attribution, attribute
+from lens.attribution import Attribution, CellWrites, attribute, cell_writes, head_attention
+from lens.attribution import token_text as typable_token
 from lens.backend import POINTS, Backend, Capabilities, OutputTransform, Readout, Row, lens_rows
+from lens.compare import js_divergence, last_position_log_probs, same_vocabulary, token_text
 from lens.corpus import corpus_stats
 from lens.engine import retarget, run_lens
 from lens.errors import LensError
+from lens.exports import safe_csv
 from lens.lenses import LOGIT_LENS, Lens, LogitLens
 from lens.model import DEFAULT_MODEL, LensModel, load_model
 from lens.nnsight_backend import NnsightModel
 from lens.prompt_set import PromptSetResult, prompt_set, read_prompt_rows
 from lens.result import LensResult
+from lens.settings import Settings
 from lens.tokens import resolve_targets, tokenize_prompt, tokenize_target
-from lens.tuned import TunedLens, train_tuned_lens
+from lens.tuned import PUBLISHED_LENSES, TunedLens, train_tuned_lens, training_key
 
 __all__ = [
     "Attribution",
     "Backend",
     "Capabilities",
+    "CellWrites",
     "DEFAULT_MODEL",
     "LOGIT_LENS",
     "Lens",
@@ -32,12 +38,20 @@ __all__ = [
     "NnsightModel",
     "OutputTransform",
     "POINTS",
+    "PUBLISHED_LENSES",
     "PromptSetResult",
     "Readout",
     "Row",
+    "Settings",
     "TunedLens",
     "attribute",
+    "attribution_charts",
+    "cell_writes",
+    "charts",
     "corpus_stats",
+    "head_attention",
+    "js_divergence",
+    "last_position_log_probs",
     "lens_rows",
     "load_model",
     "prompt_set",
@@ -45,7 +59,12 @@ __all__ = [
     "resolve_targets",
     "retarget",
     "run_lens",
+    "safe_csv",
+    "same_vocabulary",
+    "token_text",
     "tokenize_prompt",
     "tokenize_target",
     "train_tuned_lens",
+    "training_key",
+    "typable_token",
 ]

@@ -3,8 +3,8 @@
 A hosted server that downloads any model it is asked for, then builds it in fp32, is
 killed by the first 70B request, and every session with it. So the size is read first,
 from the hub's metadata (parameter count, or file sizes) and from the config's
-dimensions, and compared with ``LENS_MAX_MODEL_GB`` (default: the memory this process
-can still use, from the cgroup limit or the machine's RAM). The same reading of the CPU
+dimensions, and compared with the limit the caller passes (the app's ``LENS_MAX_MODEL_GB``;
+default: the memory this process can still use, from the cgroup limit or the machine's RAM). The same reading of the CPU
 quota sets torch's thread count, which otherwise follows the host's cores.
 """
 
@@ -55,24 +55,17 @@ def available_memory_bytes() -> int:
     return min(candidates) if candidates else 8 * 2**30
 
 
-def model_budget_bytes() -> int:
-    """Largest fp32 weights this server loads: ``LENS_MAX_MODEL_GB``, or the memory still free."""
-    raw = os.environ.get("LENS_MAX_MODEL_GB", "").strip()
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            value = math.nan
-        if not (math.isfinite(value) and value > 0):
-            raise LensError(f"LENS_MAX_MODEL_GB must be a positive number of gigabytes, not {raw!r}.")
-        return int(value * GB)
-    return available_memory_bytes()
+def model_budget_bytes(limit_bytes: int | None = None) -> int:
+    """Largest fp32 weights this server loads: the caller's limit, or the memory still free."""
+    if limit_bytes is not None and limit_bytes <= 0:
+        raise LensError(f"The model size limit must be a positive number of bytes, not {limit_bytes!r}.")
+    return available_memory_bytes() if limit_bytes is None else int(limit_bytes)
 
 
-def check_fits(n_parameters: float, what: str) -> None:
+def check_fits(n_parameters: float, what: str, limit_bytes: int | None = None) -> None:
     """Refuse, in one line with the size and the limit, weights whose fp32 copy won't fit."""
     need = n_parameters * FP32_BYTES
-    limit = model_budget_bytes()
+    limit = model_budget_bytes(limit_bytes)
     if need > limit:
         raise LensError(
             f"{what} has about {_count(n_parameters)} parameters ({need / GB:,.1f} GB in fp32); "
@@ -115,9 +108,9 @@ def config_parameters(config: Mapping, name: str) -> int:
     return 2 * vocab * width + context * width + layers * (4 * width * width + 3 * width * ffn)
 
 
-def check_config(config: Mapping, name: str) -> None:
+def check_config(config: Mapping, name: str, limit_bytes: int | None = None) -> None:
     """Refuse a config that describes a model too big to build here, before anything is allocated."""
-    check_fits(config_parameters(config, name), f"Model '{name}'")
+    check_fits(config_parameters(config, name), f"Model '{name}'", limit_bytes)
 
 
 def hub_parameters(repo_id: str) -> float | None:
@@ -137,13 +130,13 @@ def hub_parameters(repo_id: str) -> float | None:
     return sum(sizes) / 2 if sizes else None
 
 
-def check_hub_size(source: str, shown: str) -> None:
+def check_hub_size(source: str, shown: str, limit_bytes: int | None = None) -> None:
     """For a hub id, the hub's own parameter count within budget, before anything is downloaded."""
     if Path(source).is_dir():
         return
     n_parameters = hub_parameters(source)
     if n_parameters is not None:
-        check_fits(n_parameters, f"Model '{shown}'")
+        check_fits(n_parameters, f"Model '{shown}'", limit_bytes)
 
 
 def cpu_quota() -> int:

@@ -16,6 +16,7 @@ from lens.errors import LensError
 from lens.exports import safe_csv
 from lens.model import DEFAULT_MODEL, load_model
 from lens.result import LensResult
+from lens.settings import Settings
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -155,7 +156,17 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         prompt = read_prompt(args.prompt, args.prompt_file)
         backend = args.backend or ("nnsight" if args.remote else "transformer_lens")
-        model = load_model(args.model, device=args.device, backend=backend, remote=args.remote)
+        settings, problems = Settings.from_environment()
+        for problem in problems:
+            print(f"warning: setting ignored: {problem}", file=sys.stderr)
+        model = load_model(
+            args.model,
+            device=args.device,
+            backend=backend,
+            remote=args.remote,
+            api_key=settings.ndif_api_key,
+            max_model_bytes=settings.max_model_bytes,
+        )
         result = run_lens(
             model,
             prompt,

@@ -25,12 +25,12 @@ from lens import budget
 from lens.architectures import check_architecture
 from lens.backend import Capabilities, OutputTransform, Progress, Readout
 from lens.errors import LensError
+from lens.settings import DEFAULT_MODEL
 from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
 if TYPE_CHECKING:
     from lens.nnsight_backend import NnsightModel
 
-DEFAULT_MODEL = "openai-community/gpt2"
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
 DEMO_ALIASES = ("demo",)
 HUB_PROBE_SECONDS = 4.0
@@ -370,6 +370,7 @@ def load_model(
     remote: bool = False,
     api_key: str | None = None,
     fast_attention: bool = True,
+    max_model_bytes: int | None = None,
 ) -> LensModel | NnsightModel:
     """Boot a hub id or a local Hugging Face folder, with the tokenizer from the same place.
 
@@ -377,7 +378,8 @@ def load_model(
     TransformerLens (``device_map="auto"`` spreads a large model over several GPUs).
     ``progress(message, fraction_or_None)`` hears what is happening, for a UI to show.
     ``backend="nnsight"`` wraps the model in nnsight instead (lens/nnsight_backend.py);
-    with ``remote=True`` it runs on NDIF, with ``api_key`` or NDIF_API_KEY.
+    with ``remote=True`` it runs on NDIF, with ``api_key`` (else the key ``nnsight login`` saved).
+    ``max_model_bytes`` is the largest fp32 model loaded (default: the memory still free).
     ``fast_attention`` runs attention on SDPA while nothing hooks it (:func:`use_fast_attention`).
     """
     if backend == "nnsight":
@@ -394,10 +396,10 @@ def load_model(
     source, shown = resolve_model_source(name_or_path)
     budget.limit_torch_threads()
     try:
-        budget.check_hub_size(source, shown)
+        budget.check_hub_size(source, shown, max_model_bytes)
         config = read_config(source)
         check_architecture(config)
-        budget.check_config(config, shown)
+        budget.check_config(config, shown, max_model_bytes)
         report("Starting TransformerLens", None)
         from transformer_lens.model_bridge import TransformerBridge
         from transformers import AutoTokenizer

@@ -15,7 +15,6 @@ queue and run status go to the ``progress`` callback.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -180,11 +179,8 @@ def _has_path(module: torch.nn.Module, path: str) -> bool:
     return True
 
 
-def api_key_from_environment() -> str | None:
-    """NDIF_API_KEY from the environment, else the key nnsight's own config holds (``nnsight login``)."""
-    key = os.environ.get("NDIF_API_KEY", "").strip()
-    if key:
-        return key
+def saved_api_key() -> str | None:
+    """The key nnsight's own config holds (``nnsight login``): the library reads no environment."""
     from nnsight import CONFIG
 
     return (CONFIG.API.APIKEY or "").strip() or None
@@ -206,7 +202,7 @@ def load_nnsight_model(
     """
     report = progress or (lambda message, fraction: None)
     if remote:
-        api_key = (api_key or "").strip() or api_key_from_environment()
+        api_key = (api_key or "").strip() or saved_api_key()
         if not api_key:
             raise LensError(
                 f"No NDIF API key: set NDIF_API_KEY (or the app's NDIF_API_KEY secret); get a key at {NDIF_KEY_URL}."

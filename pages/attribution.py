@@ -9,37 +9,8 @@ import streamlit as st
 import lens
 from lens import attribution_charts as charts
 from lens import charts as lens_charts
-from lens.attribution import CellWrites, cell_writes, head_attention, token_text
-from lens.exports import safe_csv
-from ui import cached, exports, page
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def writes_at(query: cached.LensQuery, row: str, position: int) -> CellWrites:
-    """Every component's write at one cell: one forward pass; targets and contrasts reuse it."""
-    cached.runs["attribution"] += 1
-    tuned = None if not query.lens_source else cached.tuned_lens(query.lens_source)
-    return cell_writes(
-        cached.model(query.model_name),
-        query.prompt,
-        position=position,
-        row=row,
-        prepend_bos=query.prepend_bos,
-        lens=tuned,
-    )
-
-
-@st.cache_data(max_entries=64, show_spinner=False)
-def attention_from(query: cached.LensQuery, layer: int, head: int, position: int):
-    cached.runs["attention"] += 1
-    return head_attention(
-        cached.model(query.model_name),
-        query.prompt,
-        layer=layer,
-        head=head,
-        position=position,
-        prepend_bos=query.prepend_bos,
-    )
+from lens import safe_csv, typable_token
+from ui import cached, exports, running, state
 
 
 def draw(chart, extra: int, **kwargs):
@@ -60,7 +31,7 @@ def keep_valid(key: str, options) -> None:
         del st.session_state[key]
 
 
-page.run_through_app()
+running.run_through_app()
 st.title("Attribution: why this token?")
 st.markdown(
     "**How much each part of the model pushed this word up or down at this point.** Every layer's attention "
@@ -76,7 +47,7 @@ with st.expander("How is this computed?"):
         "bars explain the gap between the two tokens' logits."
     )
 
-ctx = page.context()
+ctx = running.context(needs_local_weights="Attribution")
 result, model = ctx.result, ctx.model
 positions = lens_charts.column_labels(result)  # "13 ␣named": the URL holds this label
 keep_valid("attr_row", result.layers)
@@ -100,7 +71,7 @@ position_label = middle.selectbox(
 )
 position = positions.index(position_label)
 row_index = result.layers.index(row)
-top_guess = token_text(model, int(result.top_ids[row_index, position, 0]))
+top_guess = typable_token(model, int(result.top_ids[row_index, position, 0]))
 typed_target = right.text_input(
     "Target token",
     key="attr_target",
@@ -116,16 +87,16 @@ contrast = far.text_input(
     help="Explain why the target beat this token: the bars then split the difference of their logits.",
 )
 
-query = page.query(ctx.settings)
+query = state.query(ctx.choices)
 try:
-    page.check_length(model, query)
+    running.check_length(model, query)
     with st.spinner("Splitting the logit into the model's parts…", show_time=True):
-        writes = writes_at(query, row, position)
+        writes = cached.cell_writes(query, row, position)
     attribution = writes.attribute(
         model, parse_token(typed_target or top_guess), parse_token(contrast) if contrast.strip() else None
     )
 except lens.LensError as exc:
-    page.show_error(str(exc))
+    running.show_error(str(exc))
     st.stop()
 
 what = f"`{attribution.target}`" + (f" − `{attribution.contrast}`" if attribution.contrast else "")
@@ -177,9 +148,9 @@ if head_labels:
     )
     layer_number, head_number = (int(n) for n in re.findall(r"\d+", head))
     try:
-        pattern = attention_from(query, layer_number, head_number, position)
+        pattern = cached.head_attention(query, layer_number, head_number, position)
     except lens.LensError as exc:
-        page.show_error(str(exc))
+        running.show_error(str(exc))
     else:
         draw(charts.source_bars(pattern, head), 90)
 

@@ -4,11 +4,10 @@ import pandas as pd
 import streamlit as st
 
 import lens
-from lens import charts
-from lens.compare import js_divergence, same_vocabulary, token_text
-from ui import cached, config, exports, lenses, ndif, page
+from lens import charts, js_divergence, same_vocabulary, token_text
+from ui import cached, config, exports, lenses, models, running, state
 
-page.run_through_app()
+running.run_through_app()
 st.title("Compare")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -19,26 +18,16 @@ with st.expander("What am I looking at?"):
         "**Jensen–Shannon divergence** (0 bits: identical guesses; 1 bit: no overlap at all)."
     )
 
-# Side-by-side columns wrap onto new lines when too narrow for readable cells (phones, 1024 px).
-st.html(
-    "<style>.st-key-compare_heatmaps [data-testid=stHorizontalBlock],"
-    ".st-key-compare_lines [data-testid=stHorizontalBlock] { flex-wrap: wrap; }"
-    ".st-key-compare_heatmaps [data-testid=stColumn] { min-width: min(100%, 400px); }"
-    ".st-key-compare_lines [data-testid=stColumn] { min-width: min(100%, 340px); }</style>"
-)
-s = page.settings()
-mode = st.radio(
-    "Compare",
-    ["prompts", "models", "lenses"],
-    key="compare_mode",
-    bind="query-params",
+s = state.choices()
+MODES = {
+    "prompts": "Several prompts, one model",
+    "models": "One prompt, two models",
+    "lenses": "Logit lens vs tuned lens",
+}
+mode = state.linked_choice(
+    st.radio, "Compare", list(MODES), key="compare_mode", what="comparison", name=MODES.get, default="prompts",
     horizontal=True,
-    format_func={
-        "prompts": "Several prompts, one model",
-        "models": "One prompt, two models",
-        "lenses": "Logit lens vs tuned lens",
-    }.get,
-)
+)  # fmt: skip
 follow_own = False
 if mode == "prompts":
     text = st.text_area(
@@ -49,52 +38,57 @@ if mode == "prompts":
         help="Two to four prompts. The first is the reference for the divergence chart.",
     )
     prompts = [line for line in text.splitlines() if line.strip()][:4]
-    runs = {f"#{i + 1} {p if len(p) <= 36 else '…' + p[-35:]}": page.query(s, prompt=p) for i, p in enumerate(prompts)}
+    runs = {f"#{i + 1} {p if len(p) <= 36 else '…' + p[-35:]}": state.query(s, prompt=p) for i, p in enumerate(prompts)}
 elif mode == "models":
-    choices = [m for m in config.model_choices(config.limits()) if m != s.model_name]
-    other = st.selectbox("Second model", choices, format_func=config.model_label, key="model_b", bind="query-params")
+    choices = [m for m in models.local_choices(config.server()) if m != s.model_name]
+    other = state.linked_choice(
+        st.selectbox, "Second model", choices, key="model_b", what="second model", name=models.label
+    )
     if not s.target:
+        follow = {
+            "first": "the first model's answer (as text, in each model's own tokens)",
+            "own": "each model's own answer",
+        }
         follow_own = (
-            st.radio(
+            state.linked_choice(
+                st.radio,
                 "With no target typed, follow",
-                ["first", "own"],
+                list(follow),
                 key="compare_follow",
-                bind="query-params",
+                what="answer to follow",
+                name=follow.get,
+                default="first",
                 horizontal=True,
-                format_func={
-                    "first": "the first model's answer (as text, in each model's own tokens)",
-                    "own": "each model's own answer",
-                }.get,
             )
             == "own"
         )
     runs = {
-        config.model_label(s.model_name): page.query(s, lens_source=None),
-        config.model_label(other): page.query(s, model_name=other, lens_source=None),
+        models.label(s.model_name): state.query(s, lens_source=None),
+        models.label(other): state.query(s, model_name=other, lens_source=None),
     }
 else:
     tuned = s.lens_source or next(iter(lenses.available(s.model_name).values()), None)
     if tuned is None:
         st.info("This model has no tuned lens yet: train one on the Tuned lens page, then come back.")
         st.stop()
-    runs = {"Logit lens": page.query(s, lens_source=None), "Tuned lens": page.query(s, lens_source=tuned)}
+    runs = {"Logit lens": state.query(s, lens_source=None), "Tuned lens": state.query(s, lens_source=tuned)}
 if len(runs) < 2:
     st.info("Give at least two prompts, one per line.")
     st.stop()
 
 # Each run's target is resolved by its own model: a typed target as text, or the first
 # run's answer (an id for the same model; as text for another vocabulary), or its own answer.
-models, results = {}, {}
+loaded, results = {}, {}
 first_answer: tuple[lens.LensModel, int] | None = None
 for index, (label, q) in enumerate(runs.items()):
     second_model = mode == "models" and index == 1
     # The demo button sets the second model when the first isn't the demo already; else none.
     demo_key = ("model_b" if s.model_name != "demo" else None) if second_model else "model"
-    model = page.load_model(q.model_name, demo_key=demo_key)
+    model = running.load_model(q.model_name, demo_key=demo_key)
     if model is None:
         st.stop()
     try:
-        base = page.run(model, q, s.top_k)
+        base = running.run(model, q, s.top_k)
         own_answer = int(base.top_ids[-1, -1, 0])
         if s.target:
             target = s.target
@@ -105,12 +99,12 @@ for index, (label, q) in enumerate(runs.items()):
         else:
             target = token_text(*first_answer)
         first_answer = first_answer or (model, own_answer)
-        results[label] = page.with_targets(q, [target], s.top_k)
+        results[label] = running.with_targets(q, [target], s.top_k)
     except lens.LensError as exc:
-        page.show_error(f"{label}: {exc}", demo_key=None)
+        running.show_error(f"{label}: {exc}", demo_key=None)
         st.stop()
-    models[label] = model
-page.describe_target(next(iter(models.values())), s)
+    loaded[label] = model
+running.describe_target(next(iter(loaded.values())), s)
 labels = list(results)
 if not s.target:
     if follow_own:
@@ -122,7 +116,7 @@ for label, result in results.items():
     for warning in result.warnings:
         st.warning(f"{label}: {warning}")
 
-metric = page.metric_picker("compare_metric")
+metric = state.metric_picker("compare_metric")
 targets = {label: r.target_ids[0] for label, r in results.items()}
 values = [charts.metric_values(r, metric, targets[label]) for label, r in results.items()]
 info = charts.METRICS[metric]
@@ -176,7 +170,7 @@ if len(results) == 2 and same_depth:
     st.altair_chart(charts.fit_to_container(difference, width), width="stretch")
     figures.append(difference)
 
-measure = page.measure_picker("compare_measure", "Target measure")
+measure = state.measure_picker("compare_measure", "Target measure")
 trajectory = charts.compare_trajectory_chart(results, 0, measure)
 lines = [trajectory]
 left, right = st.container(key="compare_lines").columns(2, gap="medium")
@@ -189,9 +183,9 @@ with right:
             "The models have different numbers of layers, so their layers can't be compared one to one; "
             "the line chart puts them on a relative depth (1 = output)."
         )
-    elif not all(same_vocabulary(models[reference], models[label]) for label in labels[1:]):
+    elif not all(same_vocabulary(loaded[reference], loaded[label]) for label in labels[1:]):
         st.info("The models use different vocabularies, so their guesses can't be compared token by token.")
-    elif any(ndif.is_remote(q.model_name) for q in runs.values()):
+    elif not all(models.has_local_weights(model) for model in loaded.values()):
         st.info("The per-layer divergence needs every row's full distribution, which stays on NDIF.")
     else:
         log_probs = {label: cached.last_log_probs(runs[label]) for label in labels}

@@ -3,17 +3,13 @@
 import pandas as pd
 import streamlit as st
 
-from lens import charts
-from lens.exports import safe_csv
-from ui import config, corpus_input, page
+import lens
+from lens import charts, safe_csv
+from ui import config, corpus_input, models, running, state
 
 URL_TEXT_LIMIT = 2000  # characters of pasted text kept in the page's link
 
-page.run_through_app()
-st.html(
-    "<style>.st-key-corpus_charts [data-testid=stHorizontalBlock] { flex-wrap: wrap; }"
-    ".st-key-corpus_charts [data-testid=stColumn] { min-width: min(100%, 340px); }</style>"
-)
+running.run_through_app()
 st.title("Dataset statistics")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -23,15 +19,12 @@ with st.expander("What am I looking at?"):
         "already agrees with the output (**top-1 agreement**), and how far it is from the output (**KL**)."
     )
 
-s = page.settings()
-source = st.radio(
-    "Texts",
-    ["sample", "paste", "upload"],
-    key="corpus_source",
-    bind="query-params",
+s = state.choices()
+SOURCES = {"sample": "Bundled sample", "paste": "Paste texts", "upload": "Upload a file"}
+source = state.linked_choice(
+    st.radio, "Texts", list(SOURCES), key="corpus_source", what="texts", name=SOURCES.get, default="sample",
     horizontal=True,
-    format_func={"sample": "Bundled sample", "paste": "Paste texts", "upload": "Upload a file"}.get,
-)
+)  # fmt: skip
 try:
     if source == "sample":
         texts = corpus_input.sample_texts()
@@ -62,21 +55,22 @@ try:
                 )
             texts = corpus_input.texts_from_file(upload.name, data, column)
 except Exception as exc:  # noqa: BLE001 - bad files are shown as one line
-    page.show_error(str(exc))
+    running.show_error(running.one_line(exc, "Reading the texts"))
     st.stop()
 if not texts:
     st.info("Give some texts to read: paste them, upload a file, or use the bundled sample.")
     st.stop()
 
-others = [m for m in config.model_choices(config.limits()) if m != s.model_name]
-second = st.selectbox(
+others = [m for m in models.local_choices(config.server()) if m != s.model_name]
+second = state.linked_choice(
+    st.selectbox,
     "Overlay a second model",
     [None, *others],
     key="corpus_model_b",
-    bind="query-params",
-    format_func=lambda m: "—" if m is None else config.model_label(m),
+    what="second model",
+    name=lambda m: "—" if m is None else models.label(m),
 )
-limit = config.limits().max_corpus_tokens
+limit = config.server().max_corpus_tokens
 
 # The sidebar's model with the logit lens, with the tuned lens if one is picked, and a second model.
 readings = [
@@ -86,13 +80,13 @@ readings = [
 ]
 frames = []
 for index, (model_name, lens_source) in enumerate(readings):
-    if page.load_model(model_name) is None:
+    if running.load_model(model_name) is None:
         continue
-    label = config.model_label(model_name) + (" · tuned lens" if lens_source else "")
+    label = models.label(model_name) + (" · tuned lens" if lens_source else "")
     try:
-        frame = page.corpus_with_progress(model_name, texts, s.points, limit, lens_source, len(readings) - index - 1)
-    except Exception as exc:  # noqa: BLE001 - shown as one line; the rest of the page stays
-        page.show_error(f"{label}: {exc}")
+        frame = running.corpus_with_progress(model_name, texts, s.points, limit, lens_source, len(readings) - index - 1)
+    except lens.LensError as exc:  # shown as one line; the rest of the page stays
+        running.show_error(f"{label}: {exc}")
         continue
     if frame.attrs.get("capped"):
         st.warning(f"{label}: only the first {limit:,} tokens were read (this server's cap, LENS_MAX_CORPUS_TOKENS).")

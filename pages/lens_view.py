@@ -2,15 +2,14 @@
 
 import streamlit as st
 
-from lens import charts
-from lens.attribution import token_text
-from ui import page
+from lens import charts, typable_token
+from ui import exports, running, state
 
 WINDOW = 16
 
-page.run_through_app()
-settings = page.settings()
-lens_name = "Tuned lens" if settings.lens_source else "Logit lens"
+running.run_through_app()
+choices = state.choices()
+lens_name = "Tuned lens" if choices.lens_source else "Logit lens"
 st.title(lens_name)
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -24,35 +23,35 @@ with st.expander("What am I looking at?"):
         "with the layer and position boxes, for its bar chart."
     )
 
-ctx = page.context()
+ctx = running.context()
 result = ctx.result
-metric = page.metric_picker("metric")
+metric = state.metric_picker("metric")
 target = None
 if charts.METRICS[metric].needs_target:
-    if ctx.settings.target:
-        result = page.with_targets(page.query(ctx.settings), [ctx.settings.target], ctx.settings.top_k)
+    if choices.target:
+        result = running.with_targets(state.query(choices), [choices.target], choices.top_k)
         target = result.target_ids[0]
     else:
         st.info("Type a target token in the sidebar to colour by it; showing top-1 probability meanwhile.")
         metric = "top1_prob"
 for warning in result.warnings:
     st.warning(warning)
-default_bos = "the tokenizer's default" if ctx.settings.prepend_bos is None else "set in More settings"
+default_bos = "the tokenizer's default" if choices.prepend_bos is None else "set in More settings"
 st.caption(f"Reads a start token first: {'yes' if result.prepend_bos else 'no'} ({default_bos}).")
 
-window = page.position_window(result, WINDOW) or (0, result.n_positions)
-row, position = page.selected_cell(result, page.query(ctx.settings), window)
+window = state.position_window(result, WINDOW) or (0, result.n_positions)
+row, position = state.selected_cell(result, state.query(choices), window)
 chart = charts.heatmap(result, metric, target=target, window=window, selected=(row, position))
-# A wrapping row (CSS in ui.page.style): the selected cell's details sit beside the heatmap
+# A wrapping row (ui/static/app.css): the selected cell's details sit beside the heatmap
 # when both fit and below it otherwise, never over it; a heatmap wider than the page
 # scrolls inside its own frame.
 with st.container(key="lens_charts"):
-    page.selectable_heatmap(chart, (row, position))
+    state.selectable_heatmap(chart, (row, position))
     with st.container(key="cell_details"):
-        page.cell_picker(result, window, (row, position))
+        state.cell_picker(result, window, (row, position))
         st.altair_chart(charts.topk_bars(result, row, position), width="content")
 if st.button("Why this token?", key="why", help="Which layers, heads and MLPs put the selected cell's top guess there"):
     cell = {"attr_row": result.layers[row], "attr_position": charts.column_labels(result)[position]}
-    cell["attr_target"] = token_text(ctx.model, int(result.top_ids[row, position, 0]))
+    cell["attr_target"] = typable_token(ctx.model, int(result.top_ids[row, position, 0]))
     st.switch_page("pages/attribution.py", query_params=cell)  # the sidebar's own settings stay in the URL
-page.export_buttons(result, chart, "logit-lens")
+exports.export_buttons(result, chart, "logit-lens")

@@ -3,13 +3,9 @@
 import streamlit as st
 
 from lens import charts
-from ui import page
+from ui import exports, running, state
 
-page.run_through_app()
-st.html(
-    "<style>.st-key-trajectory_row [data-testid=stHorizontalBlock] { flex-wrap: wrap; }"
-    ".st-key-trajectory_row [data-testid=stColumn] { min-width: min(100%, 360px); }</style>"
-)
+running.run_through_app()
 st.title("Token trajectories")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -18,7 +14,7 @@ with st.expander("What am I looking at?"):
         "ranks among all tokens (rank 1 is the favourite). A token that shoots up late was decided late."
     )
 
-ctx = page.context()
+ctx = running.context()
 result = ctx.result
 vocab = ctx.model.d_vocab
 
@@ -35,13 +31,16 @@ def follow_new_position() -> None:
         st.session_state["track"] = favourites(position)
 
 
-position = st.selectbox(
+if st.session_state.get("position") not in range(result.n_positions):  # a shorter prompt than before
+    st.session_state.pop("position", None)
+position = state.linked_choice(
+    st.selectbox,
     "Position",
     list(range(result.n_positions)),
-    index=result.n_positions - 1,
-    format_func=lambda i: f"{i}: {result.tokens[i]}  (guessing what comes next)",
     key="position",
-    bind="query-params",
+    what="position",
+    name=lambda i: f"{i}: {result.tokens[i]}  (guessing what comes next)",
+    default=result.n_positions - 1,
     on_change=follow_new_position,
     help="The lens at this position predicts the token after it. The last position predicts the continuation. "
     "Changing it follows that position's five favourites.",
@@ -49,8 +48,17 @@ position = st.selectbox(
 # Followed tokens live in the URL as token ids (``track=11,42``): display labels, which a
 # bound multiselect would store, are not unique and can't be typed into a link.
 if "track" not in st.session_state:
-    linked = [int(t) for t in st.query_params.get("track", "").split(",") if t.strip().isdigit()]
-    st.session_state["track"] = [t for t in linked if t < vocab][: charts.MAX_LINES] or favourites(position)
+    named = [t.strip() for t in st.query_params.get("track", "").split(",") if t.strip()]
+    linked = [int(t) for t in named if t.isdigit() and int(t) < vocab]
+    unusable = [t for t in named if not (t.isdigit() and int(t) < vocab)]
+    if unusable:
+        state.warn(
+            f"The link's tokens to follow {', '.join(unusable)} aren't token ids of this model (0 to {vocab - 1}); "
+            + ("following the others." if linked else "following the output's favourites.")
+        )
+    if len(linked) > charts.MAX_LINES:
+        state.warn(f"The link names {len(linked)} tokens to follow; following the first {charts.MAX_LINES}.")
+    st.session_state["track"] = linked[: charts.MAX_LINES] or favourites(position)
 chosen = [int(t) for t in st.session_state["track"] if int(t) < vocab]  # another model may have fewer tokens
 st.session_state["track"] = chosen
 candidates = list(
@@ -66,8 +74,8 @@ tracked = st.multiselect(
     f"at most {charts.MAX_LINES}, so every line keeps its own colour, marker and dash.",
 )
 st.query_params["track"] = ",".join(str(t) for t in tracked)
-measure = page.measure_picker("measure")
-typed = [ctx.settings.target] if ctx.settings.target else []
+measure = state.measure_picker("measure")
+typed = [ctx.choices.target] if ctx.choices.target else []
 if not tracked and not typed:
     st.info("Choose at least one token to follow.")
     st.stop()
@@ -75,7 +83,7 @@ followed = [*tracked, *typed]
 if len(followed) > charts.MAX_LINES:
     st.caption(f"Following the first {charts.MAX_LINES} tokens: more lines could not be told apart.")
     followed = followed[: charts.MAX_LINES]
-traced = page.with_targets(page.query(ctx.settings), followed, ctx.settings.top_k)
+traced = running.with_targets(state.query(ctx.choices), followed, ctx.choices.top_k)
 for warning in traced.warnings:
     st.warning(warning)
 chart = charts.trajectory_chart(traced, position, measure, title=f"Position {position}: {result.tokens[position]}")
@@ -84,4 +92,4 @@ with st.container(key="trajectory_row"):
 left.altair_chart(charts.stretched(chart), width="stretch")
 table = charts.trajectory_frame(traced, position, measure).pivot(index="layer", columns="token", values="value")
 right.dataframe(table.reindex(reversed(traced.layers)), height=min(600, 38 + 35 * traced.n_rows))
-page.export_buttons(traced, chart, "trajectories", heading=f"Token trajectories at position {position}")
+exports.export_buttons(traced, chart, "trajectories", heading=f"Token trajectories at position {position}")

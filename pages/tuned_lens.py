@@ -2,11 +2,10 @@
 
 import streamlit as st
 
-from lens import LensError, charts
-from lens.tuned import train_tuned_lens, training_key
-from ui import cached, config, corpus_input, lenses, ndif, page
+from lens import LensError, charts, train_tuned_lens, training_key
+from ui import cached, config, corpus_input, lenses, running, state
 
-page.run_through_app()
+running.run_through_app()
 st.title("Tuned lens")
 with st.expander("What is a tuned lens?"):
     st.markdown(
@@ -17,11 +16,11 @@ with st.expander("What is a tuned lens?"):
         "sidebar once one exists for your model."
     )
 
-s = page.settings()
-ndif.refuse_local_only(s.model_name, "Training a tuned lens")
-model = page.load_model(s.model_name)
+s = state.choices()
+model = running.load_model(s.model_name)
 if model is None:
     st.stop()
+running.require_local_weights(model, "Training a tuned lens")
 # Filled at the end of the run, so a lens trained on this run is listed (not "no lens yet").
 listing = st.empty()
 
@@ -53,7 +52,7 @@ texts = (
     if source == "sample"
     else corpus_input.lines(st.text_area("Texts, one per line", key="train_text", height=140))
 )
-limit = config.limits().max_train_steps
+limit = config.server().max_train_steps
 left, middle, right = st.columns(3)
 if limit > 1:
     fewest, step = (10, 10) if limit >= 20 else (1, 1)  # a small LENS_MAX_TRAIN_STEPS gets single steps
@@ -84,7 +83,7 @@ if (folder / "config.json").is_file():
     try:
         lens = cached.tuned_lens(str(folder))
     except LensError as exc:
-        page.show_error(str(exc))
+        running.show_error(str(exc))
         st.stop()
 elif st.button("Train", type="primary", key="train"):
 
@@ -95,10 +94,10 @@ elif st.button("Train", type="primary", key="train"):
         return train_tuned_lens(model, texts, steps=steps, lr=lr, window=window, seed=0, progress=tell)
 
     try:
-        lens = page.with_progress(work, "Training the tuned lens", curve="KL to the output (nats)")
-    except Exception as exc:  # noqa: BLE001 - shown as one line
+        lens = running.with_progress(work, "Training the tuned lens", curve="KL to the output (nats)")
+    except LensError as exc:  # with_progress turns every failure into one line
         list_lenses()
-        page.show_error(str(exc))
+        running.show_error(str(exc))
         st.stop()
     try:
         lens.save(folder)

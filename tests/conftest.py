@@ -27,6 +27,16 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: item.get_closest_marker("browser") is not None)
 
 
+@pytest.fixture(autouse=True)
+def fresh_server_settings():
+    """Each test's environment is read afresh: the app keeps the last run's reading of it (ui.config)."""
+    import sys
+
+    if "ui.config" in sys.modules:
+        sys.modules["ui.config"]._current = None
+    yield
+
+
 def require_shared() -> None:
     """Skip in a user's own clone without ../shared; in CI its absence is a failure."""
     if not STORIES.is_dir():

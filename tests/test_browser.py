@@ -5,6 +5,8 @@ Runs last (see conftest). Screenshots go to artifacts/screenshots/.
 
 from __future__ import annotations
 
+from urllib.parse import parse_qs, urlencode, urlparse
+
 import pandas as pd
 import pytest
 
@@ -126,6 +128,36 @@ def test_link_reopens_the_same_view(page, browser):
     after = heatmap_state(fresh)
     context.close()
     assert after == before, url
+
+
+def test_hand_written_link_keeps_every_value_after_one_interaction(server, browser):
+    """Issue 22: a link written by hand, in id form, still holds every value after a click (and a typed target)."""
+    context = browser.new_context(viewport={"width": 1500, "height": 1400})
+    tab = context.new_page()
+
+    def url_values() -> dict[str, str]:
+        return {key: values[0] for key, values in parse_qs(urlparse(tab.url).query).items()}
+
+    written = {"model": "demo", "metric": "entropy", "top_k": "7", "bos": "on", "prompt": STORY}
+    tab.goto(f"{server}/?{urlencode(written)}")
+    heatmap(tab).locator("g.mark-rect path").first.wait_for(timeout=90_000)
+    wait_idle(tab)
+    heatmap(tab).locator("g.mark-rect path").nth(3).click()
+    wait_idle(tab)
+    after = url_values()
+    assert {k: after.get(k) for k in written} == written and "cell" in after, tab.url
+
+    written = {"compare_mode": "models", "model_b": "demo", "compare_metric": "entropy", "compare_measure": "rank"}
+    tab.goto(f"{server}/compare?{urlencode(written | {'prompt': STORY})}")
+    tab.get_by_text("One prompt, two models").first.wait_for(timeout=60_000)
+    wait_idle(tab)
+    target = tab.locator("[data-testid=stSidebar] input[aria-label='Target token']")
+    target.fill(" Lily")
+    target.press("Enter")
+    wait_idle(tab)
+    after = url_values()
+    context.close()
+    assert {k: after.get(k) for k in written} == written and after.get("target") == " Lily", after
 
 
 def test_download_csv(page, tmp_path):

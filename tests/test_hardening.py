@@ -89,25 +89,23 @@ def fake_hub(monkeypatch):
         ),
     ],
 )
-def test_hub_model_too_big_is_refused_before_download(fake_hub, monkeypatch, info, shown):
-    monkeypatch.setenv("LENS_MAX_MODEL_GB", "2.5")
+def test_hub_model_too_big_is_refused_before_download(fake_hub, info, shown):
     fake_hub["info"] = info
     with pytest.raises(LensError) as caught:
-        load_model("meta-llama/Llama-2-70b-hf")
+        load_model("meta-llama/Llama-2-70b-hf", max_model_bytes=2_500_000_000)
     message = str(caught.value)
     assert shown in message and "at most 2.5 GB (LENS_MAX_MODEL_GB)" in message and one_line(message)
 
 
-def test_hub_model_that_fits_passes_unless_its_config_is_oversized(fake_hub, monkeypatch, tmp_path):
-    monkeypatch.setenv("LENS_MAX_MODEL_GB", "2.5")
+def test_hub_model_that_fits_passes_unless_its_config_is_oversized(fake_hub, tmp_path):
     fake_hub["info"] = SimpleNamespace(safetensors=SimpleNamespace(total=124_000_000), siblings=[])
     fake_hub["config"] = str(DEMO / "config.json")
     with pytest.raises(LensError) as fits:  # both checks pass: on to the (failing) weights download
-        load_model("openai-community/gpt2")
+        load_model("openai-community/gpt2", max_model_bytes=2_500_000_000)
     assert isinstance(fits.value.__cause__, AssertionError)
     fake_hub["config"] = str(demo_copy(tmp_path, n_layer=1_000_000) / "config.json")
     with pytest.raises(LensError, match="GB in fp32"):
-        load_model("openai-community/gpt2")
+        load_model("openai-community/gpt2", max_model_bytes=2_500_000_000)
 
 
 def test_local_config_with_a_million_layers_is_refused(tmp_path):
@@ -131,7 +129,7 @@ def test_budget_follows_the_cgroup(monkeypatch, tmp_path):
     (tmp_path / "memory.current").write_text("1000000000\n")
     (tmp_path / "cpu.max").write_text("50000 100000\n")
     monkeypatch.setattr(budget, "CGROUP", tmp_path)
-    monkeypatch.delenv("LENS_MAX_MODEL_GB", raising=False)
+    monkeypatch.setenv("LENS_MAX_MODEL_GB", "1")  # the library reads no environment
     assert budget.model_budget_bytes() <= 2_000_000_000
     assert budget.cpu_quota() == 1
     threads = torch.get_num_threads()
@@ -141,9 +139,9 @@ def test_budget_follows_the_cgroup(monkeypatch, tmp_path):
         torch.set_num_threads(threads)
     (tmp_path / "cpu.max").write_text("max 100000\n")
     assert budget.cpu_quota() == len(os.sched_getaffinity(0))
-    monkeypatch.setenv("LENS_MAX_MODEL_GB", "lots")
-    with pytest.raises(LensError, match="LENS_MAX_MODEL_GB must be a positive number"):
-        budget.model_budget_bytes()
+    assert budget.model_budget_bytes(5_000_000_000) == 5_000_000_000
+    with pytest.raises(LensError, match="must be a positive number of bytes"):
+        budget.model_budget_bytes(0)
 
 
 # 2. Errors that escaped their one line ----------------------------------------------------------
@@ -341,8 +339,8 @@ def test_unparsable_settings_warn_the_operator_on_the_page_and_once_in_the_log(a
     config._log_once.cache_clear()
     caplog.clear()
     with caplog.at_level("WARNING", logger="lens.settings"):
-        config.limits()
-        config.limits()
+        config.read()
+        config.read()
     assert sum("LENS_MAX_TOKENS" in r.getMessage() for r in caplog.records) == 1
 
 
@@ -394,7 +392,7 @@ def test_result_cache_is_bounded_by_bytes_and_counts_shared_arrays_once(stories)
 
 
 def test_model_cache_keeps_small_models_by_memory(monkeypatch, tmp_path):
-    from ui import cached
+    from ui import cached, config
 
     third = demo_copy(tmp_path)
     loads = []
@@ -411,6 +409,7 @@ def test_model_cache_keeps_small_models_by_memory(monkeypatch, tmp_path):
         cached.model(name)
     assert len(loads) == 3  # three small models fit the default bound: switching back reloads nothing
     monkeypatch.setenv("LENS_MODEL_CACHE_MB", "1")
+    config.read()
     cached.models.clear()
     loads.clear()
     for name in names:

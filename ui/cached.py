@@ -1,36 +1,39 @@
-"""Cached engine calls, bounded by memory. Models load once per process and are shared.
+"""Every cache of the app, each bounded by bytes. Models load once per process and are shared.
 
-Results live in one least-recently-used cache bounded by the bytes of their arrays
-(``LENS_CACHE_MB``): a count bound let 32 results of 256 tokens reach 2.3 GB. Models
-are kept while their weights total at most ``LENS_MODEL_CACHE_MB``, so switching among
-a few small models doesn't reload each time. Entries are returned as is, not copied:
-results are never modified in place (the pages use ``dataclasses.replace``).
+Two least-recently-used caches: ``models`` (loaded models and tuned lenses, by their
+weights, within ``LENS_MODEL_CACHE_MB``) and ``results`` (lens results, attribution
+writes, attention, corpus tables, within ``LENS_CACHE_MB``): a count bound let 32 results
+of 256 tokens reach 2.3 GB. Entries are returned as is, not copied: results are never
+modified in place (the pages use ``dataclasses.replace``).
 
-``runs`` counts real lens runs (cache misses), so tests can check that display changes
-never run the model again.
+``runs`` counts real computations (cache misses), so tests can check that display
+changes never run the model again.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable
-from dataclasses import fields
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import fields, is_dataclass
 from typing import NamedTuple, TypeVar
 
 import numpy as np
+import pandas as pd
 import streamlit as st
+import torch
 
 import lens
-from lens.compare import last_position_log_probs
-from lens.tuned import TunedLens
-from ui import config, ndif
+from lens.model import resolve_model_source
+from ui import config
+from ui import models as model_picker
 from ui.lenses import HUB_PREFIX
 
 TOP_K_COMPUTED = 20  # computed once; the top-k slider only slices it
 MB = 2**20
 runs: Counter[str] = Counter()
 T = TypeVar("T")
+Progress = Callable[..., None]
 
 
 class LensQuery(NamedTuple):
@@ -43,10 +46,30 @@ class LensQuery(NamedTuple):
     lens_source: str | None = None  # a tuned lens folder or hub:<model>; None is the logit lens
 
 
-def _owner(array: np.ndarray) -> np.ndarray:
-    while isinstance(array.base, np.ndarray):
-        array = array.base
-    return array
+def held(value: object, depth: int = 0) -> Iterator[tuple[int, int]]:
+    """(identity, bytes) of every array, tensor, table and module a cached value holds.
+
+    An array's identity is the array owning its memory, so entries that share arrays (a
+    retargeted result keeps its base's) count them once.
+    """
+    if isinstance(value, np.ndarray):
+        while isinstance(value.base, np.ndarray):
+            value = value.base
+        yield id(value), value.nbytes
+    elif isinstance(value, torch.Tensor):
+        yield value.untyped_storage().data_ptr(), value.untyped_storage().nbytes()
+    elif isinstance(value, pd.DataFrame):
+        yield id(value), int(value.memory_usage(deep=True).sum())
+    elif isinstance(value, torch.nn.Module):
+        yield from ((id(p), p.numel() * p.element_size()) for p in value.parameters() if not p.is_meta)
+    elif isinstance(value, (lens.LensModel, lens.NnsightModel)):
+        yield id(value), model_bytes(value)
+    elif depth < 3 and is_dataclass(value):
+        for f in fields(value):
+            yield from held(getattr(value, f.name), depth + 1)
+    elif depth < 3 and isinstance(value, (list, tuple)):
+        for item in value:
+            yield from held(item, depth + 1)
 
 
 def result_arrays(result: lens.LensResult) -> list[np.ndarray]:
@@ -63,12 +86,12 @@ class BoundedCache:
     """Least-recently-used values within a byte budget; the newest entry always stays.
 
     ``size(value)`` lists what a value holds as (identity, bytes) pairs, so arrays that
-    several entries share (a retargeted result keeps its base's arrays) count once.
-    Each key is computed once at a time: two sessions asking for the same model wait for
-    one load instead of loading it twice.
+    several entries share count once. Each key is computed once at a time: its lock is
+    held until the value is stored, so two sessions asking for one model wait for one
+    load instead of loading it twice.
     """
 
-    def __init__(self, size: Callable[[object], list[tuple[int, int]]]) -> None:
+    def __init__(self, size: Callable[[object], list[tuple[int, int]]] = lambda value: list(held(value))) -> None:
         self._size = size
         self._entries: OrderedDict[Hashable, object] = OrderedDict()
         self._lock = threading.Lock()
@@ -83,22 +106,25 @@ class BoundedCache:
         with key_lock:
             with self._lock:
                 if key in self._entries:
+                    self._entries.move_to_end(key)
                     return self._entries[key]
             try:
                 value = compute()
-            finally:
+            except BaseException:
                 with self._lock:
                     self._key_locks.pop(key, None)
-            with self._lock:
+                raise
+            with self._lock:  # stored before the key's lock goes: a waiter finds the value
                 self._entries[key] = value
+                self._key_locks.pop(key, None)
                 self._evict(limit_bytes)
         return value
 
     def nbytes(self) -> int:
-        held: dict[int, int] = {}
+        held_now: dict[int, int] = {}
         for value in self._entries.values():
-            held.update(self._size(value))
-        return sum(held.values())
+            held_now.update(self._size(value))
+        return sum(held_now.values())
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -112,57 +138,57 @@ class BoundedCache:
             self._entries.popitem(last=False)
 
 
-results = BoundedCache(lambda result: [(id(a := _owner(x)), a.nbytes) for x in result_arrays(result)])
-models = BoundedCache(lambda m: [(id(m), model_bytes(m))])
+results = BoundedCache()
+models = BoundedCache()
 
 
-def model(name: str, _progress=None) -> lens.LensModel | lens.NnsightModel:
+def _results_limit() -> int:
+    return config.server().cache_mb * MB
+
+
+def model(name: str, _progress: Progress | None = None) -> lens.LensModel | lens.NnsightModel:
     """One shared model per name per process; the engine's lock serialises its runs."""
-
-    def load() -> lens.LensModel | lens.NnsightModel:
-        return ndif.load(name, _progress) if ndif.is_remote(name) else lens.load_model(name, progress=_progress)
-
-    return models.get(name, load, config.limits().model_cache_mb * MB)
+    server = config.server()
+    return models.get(name, lambda: model_picker.load(name, server, _progress), server.model_cache_mb * MB)
 
 
-@st.cache_resource(max_entries=4, show_spinner=False)
-def tuned_lens(source: str) -> TunedLens:
-    return TunedLens.load(source.removeprefix(HUB_PREFIX))
+def tuned_lens(source: str) -> lens.TunedLens:
+    return models.get(
+        ("tuned", source),
+        lambda: lens.TunedLens.load(source.removeprefix(HUB_PREFIX)),
+        config.server().model_cache_mb * MB,
+    )
 
 
-def _lens(source: str | None) -> TunedLens | None:
+def _lens(source: str | None) -> lens.TunedLens | None:
     return None if not source else tuned_lens(source)
 
 
-def lens_result(query: LensQuery) -> lens.LensResult:
-    def compute() -> lens.LensResult:
-        runs["lens"] += 1
-        return lens.run_lens(
-            model(query.model_name),
-            query.prompt,
-            top_k=TOP_K_COMPUTED,
-            prepend_bos=query.prepend_bos,
-            points=query.points,
-            keep_unembed_input=True,
-            lens=_lens(query.lens_source),
-        )
-
-    return results.get(("lens", query), compute, config.limits().cache_mb * MB)
-
-
-@st.cache_data(max_entries=32, show_spinner=False)
-def ndif_result(query: LensQuery, targets: tuple[str | int, ...], _progress=None) -> lens.LensResult:
-    """A run on NDIF with its targets: the final-norm outputs stay there, so new targets mean a new run."""
+def _run_lens(query: LensQuery, **options) -> lens.LensResult:
     runs["lens"] += 1
     return lens.run_lens(
         model(query.model_name),
         query.prompt,
         top_k=TOP_K_COMPUTED,
-        targets=list(targets),
         prepend_bos=query.prepend_bos,
         points=query.points,
         lens=_lens(query.lens_source),
-        progress=_progress,
+        **options,
+    )
+
+
+def lens_result(query: LensQuery) -> lens.LensResult:
+    return results.get(("lens", query), lambda: _run_lens(query, keep_unembed_input=True), _results_limit())
+
+
+def remote_result(
+    query: LensQuery, targets: tuple[str | int, ...], _progress: Progress | None = None
+) -> lens.LensResult:
+    """A run that keeps no residuals here (NDIF), with its targets: new targets mean a new run."""
+    return results.get(
+        ("remote", query, targets),
+        lambda: _run_lens(query, targets=list(targets), progress=_progress),
+        _results_limit(),
     )
 
 
@@ -173,32 +199,76 @@ def with_targets(query: LensQuery, targets: tuple[str | int, ...]) -> lens.LensR
         runs["retarget"] += 1
         return lens.retarget(model(query.model_name), lens_result(query), list(targets))
 
-    return results.get(("targets", query, targets), compute, config.limits().cache_mb * MB)
+    return results.get(("targets", query, targets), compute, _results_limit())
 
 
-@st.cache_data(max_entries=32, show_spinner=False)
-def last_log_probs(query: LensQuery):
-    return last_position_log_probs(model(query.model_name), lens_result(query))
+def last_log_probs(query: LensQuery) -> np.ndarray:
+    def compute() -> np.ndarray:
+        return lens.last_position_log_probs(model(query.model_name), lens_result(query))
+
+    return results.get(("last_log_probs", query), compute, _results_limit())
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+def cell_writes(query: LensQuery, row: str, position: int) -> lens.CellWrites:
+    """Every component's write at one cell: one forward pass; targets and contrasts reuse it."""
+
+    def compute() -> lens.CellWrites:
+        runs["attribution"] += 1
+        return lens.cell_writes(
+            model(query.model_name),
+            query.prompt,
+            position=position,
+            row=row,
+            prepend_bos=query.prepend_bos,
+            lens=_lens(query.lens_source),
+        )
+
+    return results.get(("writes", query, row, position), compute, _results_limit())
+
+
+def head_attention(query: LensQuery, layer: int, head: int, position: int) -> pd.DataFrame:
+    def compute() -> pd.DataFrame:
+        runs["attention"] += 1
+        return lens.head_attention(
+            model(query.model_name), query.prompt, layer=layer, head=head, position=position,
+            prepend_bos=query.prepend_bos,
+        )  # fmt: skip
+
+    return results.get(("attention", query, layer, head, position), compute, _results_limit())
+
+
 def corpus(
     model_name: str,
     texts: tuple[str, ...],
     points: tuple[str, ...],
     max_tokens: int,
     lens_source: str | None = None,
-    _progress=None,
-):
+    _progress: Progress | None = None,
+) -> pd.DataFrame:
     """Corpus statistics, cached by content; ``_progress`` hears (tokens done, expected, seconds left)."""
-    if ndif.is_remote(model_name):
-        raise lens.LensError(f"Corpus statistics {ndif.LOCAL_ONLY}")
-    runs["corpus"] += 1
-    return lens.corpus_stats(
-        model(model_name),
-        list(texts),
-        points=points,
-        max_tokens=max_tokens,
-        lens=_lens(lens_source),
-        progress=_progress,
-    )
+
+    def compute() -> pd.DataFrame:
+        runs["corpus"] += 1
+        return lens.corpus_stats(
+            model(model_name),
+            list(texts),
+            points=points,
+            max_tokens=max_tokens,
+            lens=_lens(lens_source),
+            progress=_progress,
+        )
+
+    return results.get(("corpus", model_name, texts, points, max_tokens, lens_source), compute, _results_limit())
+
+
+@st.cache_data(ttl=120, max_entries=64, show_spinner=False)
+def unavailable(model_id: str) -> str | None:
+    """Why a model can't be loaded here without trying (not cached and no hub), or None.
+
+    Kept two minutes, not for good: the network may come back. Each entry is one line.
+    """
+    try:
+        resolve_model_source(model_id)
+    except lens.LensError as exc:
+        return str(exc)
+    return None

@@ -10,6 +10,7 @@ on request ("Prepare PNG and SVG") and kept per session until the chart changes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
@@ -19,9 +20,8 @@ import pandas as pd
 import streamlit as st
 
 import lens
-from lens import charts
-from lens.exports import safe_csv
-from ui import config
+from lens import charts, safe_csv
+from ui import models, running, state
 
 
 def describe(result: lens.LensResult) -> list[str]:
@@ -32,7 +32,7 @@ def describe(result: lens.LensResult) -> list[str]:
 def describe_run(model_name: str, lens_kind: str, prompt: str, targets: Sequence[str]) -> list[str]:
     """Lines naming a run: model and lens, prompt (cut at 90 characters), targets."""
     prompt = prompt if len(prompt) <= 90 else prompt[:89] + "…"
-    lines = [f"{config.model_label(model_name)} · {lens_kind} lens", f"Prompt: {prompt!r}"]
+    lines = [f"{models.label(model_name)} · {lens_kind} lens", f"Prompt: {prompt!r}"]
     if targets:
         lines.append(("Target: " if len(targets) == 1 else "Tokens: ") + ", ".join(targets))
     return lines
@@ -128,3 +128,17 @@ def buttons(
                 args=(spec, digest, key),
                 help="Drawing the images takes a second; then they download at once.",
             )
+
+
+def export_buttons(result: lens.LensResult, chart: alt.TopLevelMixin, stem: str, heading: str | None = None) -> None:
+    """Downloads of the result (CSV, JSON) and the chart (PNG, SVG) as the screen shows them.
+
+    A target typed in the sidebar goes into the files even when the chart isn't coloured by it.
+    """
+    c = state.choices()
+    if c.target and not result.targets and result.prompt == c.prompt:
+        with contextlib.suppress(lens.LensError):  # the sidebar already shows why the target can't be used
+            result = running.with_targets(state.query(c), [c.target], c.top_k)
+    csv, json_text = result_files(result)
+    heading = heading or f"{result.lens_kind.capitalize()} lens"
+    buttons(stem, csv, json_text, titled(chart, heading, describe(result)))

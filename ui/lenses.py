@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from lens.tuned import PUBLISHED_LENSES, model_key
+from lens import PUBLISHED_LENSES
+from lens.tuned import model_key
+from ui import config
 
 HUB_PREFIX = "hub:"
 
 
 def lens_root() -> Path:
     """Where lenses trained in the app are kept, shared by every session of this server."""
-    base = os.environ.get("LENS_CACHE_DIR") or Path.home() / ".cache" / "logit-lens"
-    return Path(base) / "tuned-lenses"
+    return config.server().cache_dir / "tuned-lenses"
 
 
 def trained_folder(model_name: str, key: str) -> Path:

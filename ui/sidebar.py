@@ -1,29 +1,22 @@
-"""The sidebar every page shares. Its widgets live in the URL, so a link reproduces the view."""
+"""The sidebar every page shares. Its widgets live in the URL, so a link reproduces the view.
+
+The URL's ``model`` is the model in force, by id: a picker entry, an NDIF model, or a
+typed hub id or folder (older links' ``model=Other model id…&model_id=X`` still open).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import streamlit as st
 
-import lens
-from ui import config, lenses, links, ndif
+from lens.settings import Settings
+from ui import cached, config, lenses, models, state
+from ui.state import Choices
 
 OTHER = "__other__"
 BOS_OPTIONS = {"default": "Tokenizer's default", "on": "Always", "off": "Never"}
 LENS_KINDS = {"logit": "Logit lens", "tuned": "Tuned lens"}
 MODEL_NOTE = "model_note"
-
-
-@dataclass(frozen=True)
-class Settings:
-    model_name: str
-    prompt: str
-    prepend_bos: bool | None
-    points: tuple[str, ...]
-    top_k: int
-    target: str
-    lens_source: str | None = None  # a tuned lens (folder or hub:<model>); None is the logit lens
+TOP_K_LEAST, TOP_K_MOST, TOP_K_DEFAULT = 1, 20, 5
 
 
 def _use_example() -> None:
@@ -33,14 +26,15 @@ def _use_example() -> None:
     st.session_state["example"] = None
 
 
-def render() -> Settings:
+def render(server: Settings) -> Choices:
     """Draw the sidebar and return what it says."""
-    server = config.limits()
-    choices = [*config.model_choices(server), *ndif.choices(server.allowlist)]
+    choices = models.choices(server)
     _accept_model_link(choices)
     _fall_back_to_demo(server)
-    links.choice("bos", list(BOS_OPTIONS), BOS_OPTIONS.get, "start-token setting")
-    links.choice("lens_kind", list(LENS_KINDS), LENS_KINDS.get, "lens")
+    # Warnings about the link go above the page, not into the sidebar.
+    state.choice("bos", list(BOS_OPTIONS), BOS_OPTIONS.get, "start-token setting")
+    state.choice("lens_kind", list(LENS_KINDS), LENS_KINDS.get, "lens")
+    state.warn_number_out_of_range("top_k", "top-k", TOP_K_LEAST, TOP_K_MOST, TOP_K_DEFAULT)
     with st.sidebar:
         st.header("Model and prompt")
         picked = st.selectbox(
@@ -48,21 +42,20 @@ def render() -> Settings:
             [*choices, OTHER],
             format_func=_model_label,
             key="model",
-            bind="query-params",
             help="Small models run quickly on a CPU. 'Demo (offline)' is bundled and needs no network.",
         )
         model_name = picked
-        if ndif.is_remote(picked):
-            ndif.note()
+        models.picker_note(picked)
         if picked == OTHER:
             hint = "a Hugging Face id" + (" or a local folder" if server.allow_local else "")
             model_name = st.text_input(
                 "Model id",
                 key="model_id",
-                bind="query-params",
                 placeholder="EleutherAI/pythia-70m",
                 help=f"Type {hint} of a causal language model that TransformerLens supports.",
             ).strip()
+        state.keep_in_link("model", model_name)
+        st.query_params.pop("model_id", None)
         prompt = st.text_area(
             "Prompt",
             value=config.DEFAULT_PROMPT,
@@ -89,12 +82,14 @@ def render() -> Settings:
         st.session_state["target_caption"] = st.empty()
         lens_source = _lens_picker(model_name)
         with st.expander("More settings"):
-            bos = st.radio(
+            bos = state.linked_choice(
+                st.radio,
                 "Start-of-text token",
                 list(BOS_OPTIONS),
-                format_func=BOS_OPTIONS.get,
                 key="bos",
-                bind="query-params",
+                what="start-token setting",
+                name=BOS_OPTIONS.get,
+                default="default",
                 horizontal=True,
                 help="Whether the model first reads its beginning-of-sequence token. The default does what the "
                 "model's tokenizer does: none for GPT-2, one for Llama.",
@@ -113,15 +108,15 @@ def render() -> Settings:
             )
             top_k = st.slider(
                 "Top-k tokens per cell",
-                1,
-                20,
-                5,
+                TOP_K_LEAST,
+                TOP_K_MOST,
+                TOP_K_DEFAULT,
                 key="top_k",
                 bind="query-params",
                 help="How many of the most likely tokens the tooltips and bar chart list.",
             )
     points = ("resid_pre",) * embed + ("resid_mid",) * attn + ("resid_post",)
-    return Settings(
+    return Choices(
         model_name=model_name,
         prompt=prompt,
         prepend_bos={"default": None, "on": True, "off": False}[bos],
@@ -133,38 +128,30 @@ def render() -> Settings:
 
 
 def _model_label(model_id: str) -> str:
-    return "Other model id…" if model_id == OTHER else config.model_label(model_id)
+    return "Other model id…" if model_id == OTHER else models.label(model_id)
 
 
 def _accept_model_link(choices: list[str]) -> None:
-    """``?model=`` may give an id or a label; an id not in the list is read as a typed model id."""
+    """``?model=`` may give an id or a label; any other value is read as a typed model id."""
     value = st.query_params.get("model")
-    if value is None or links.accept_choice("model", [*choices, OTHER], _model_label):
+    if value is None or "model" in st.session_state:
         return
-    st.session_state["model"] = OTHER
-    st.session_state.setdefault("model_id", value)
+    if value in (OTHER, _model_label(OTHER)):
+        st.session_state["model"] = OTHER
+        st.session_state.setdefault("model_id", st.query_params.get("model_id", ""))
+    elif not state.accept_choice("model", choices, _model_label):
+        st.session_state["model"] = OTHER
+        st.session_state.setdefault("model_id", value)
 
 
-@st.cache_data(ttl=120, show_spinner=False)
-def _unavailable(model_id: str) -> str | None:
-    """Why a model can't be loaded here without trying (not cached and no hub), or None."""
-    from lens.model import resolve_model_source
-
-    try:
-        resolve_model_source(model_id)
-    except lens.LensError as exc:
-        return str(exc)
-    return None
-
-
-def _fall_back_to_demo(server: config.ServerLimits) -> None:
+def _fall_back_to_demo(server: Settings) -> None:
     """On first contact with no model in the link, open on the demo if the default can't be fetched."""
     if "model" in st.session_state or "model" in st.query_params or server.default_model == "demo":
         return
-    if _unavailable(server.default_model):
+    if cached.unavailable(server.default_model):
         st.session_state["model"] = "demo"
         st.session_state[MODEL_NOTE] = (
-            f"{config.model_label(server.default_model)} couldn't be downloaded (the Hugging Face hub can't be "
+            f"{models.label(server.default_model)} couldn't be downloaded (the Hugging Face hub can't be "
             "reached and it isn't cached here), so this is the bundled demo model. To use it, open the app once "
             "with network access, or set LENS_DEFAULT_MODEL to a folder holding the model."
         )
@@ -172,13 +159,14 @@ def _fall_back_to_demo(server: config.ServerLimits) -> None:
 
 def _lens_picker(model_name: str) -> str | None:
     """Logit lens, or one of the tuned lenses found for this model on disk or the hub."""
-    kind = st.segmented_control(
+    kind = state.linked_choice(
+        st.segmented_control,
         "Lens",
         list(LENS_KINDS),
         key="lens_kind",
-        bind="query-params",
+        what="lens",
+        name=LENS_KINDS.get,
         default="logit",
-        format_func=LENS_KINDS.get,
         help="The logit lens reads each layer with the model's own output head. The tuned lens first passes each "
         "layer through a small learned translator, which reads early layers far better.",
     )
