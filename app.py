@@ -10,6 +10,7 @@ PAGES = [
     st.Page("pages/attribution.py", title="Attribution", icon=":material/account_tree:", url_path="attribution"),
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
+    st.Page("pages/prompt_set.py", title="Prompt sets", icon=":material/stacked_line_chart:", url_path="prompt_set"),
     st.Page("pages/tuned_lens.py", title="Tuned lens", icon=":material/tune:", url_path="tuned_lens"),
 ]
 # The page list is drawn here as links: .streamlit/config.toml turns off Streamlit's own
