@@ -626,7 +626,7 @@ def prompt_set_chart(summaries: Mapping[str, pd.DataFrame], measures: Sequence[s
     x = _layer_axis(layers, relative)
     y_scale = alt.Scale(type="log", reverse=True) if scale == "rank" else alt.Scale(zero=scale == "probability")
     y = alt.Y("mean:Q", title=PROMPT_SET_SCALES[scale], scale=y_scale)
-    style = _line_style("series", "group · measure", frame.series, columns=1 if len(summaries) > 1 else 2)
+    style = _line_style("series", "group · measure", frame.series, columns=1)  # a phone shows a whole column
     tooltip = [
         "series:N",
         "layer:N",

@@ -8,9 +8,12 @@ import numpy as np
 import pytest
 
 from lens import prompt_set, read_prompt_rows
+from tests import test_app as base
 from tests.conftest import ROOT
-from tests.test_app import app, assert_no_failure, chart_data, charts  # noqa: F401 - the app fixture
+from tests.test_app import assert_no_failure, chart_data, charts
 from ui import cached
+
+app = base.app  # the same fixture: the real app.py on stories260K
 
 STORIES_SET = ROOT / "data" / "prompt_set_stories260K.jsonl"
 
