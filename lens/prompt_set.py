@@ -223,7 +223,7 @@ def read_prompt_rows(text: str, kind: str) -> list[Mapping[str, object] | Unread
     per concept whose cells list its words separated by ``|``. JSONL lines are objects
     with those keys, concepts given either way or as ``"concepts": {name: [words]}``.
     A JSONL line that isn't an object stays in place as an :class:`UnreadableRow`, so
-    row numbers still match the file's lines.
+    row N is still the file's Nth non-blank line.
     """
     if kind == "csv":
         try:

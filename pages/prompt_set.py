@@ -66,6 +66,14 @@ if not text.strip():
     st.info("Give a prompt set: paste it, upload a CSV or JSONL file, or use a bundled example.")
     st.caption(FORMAT_HELP)
     st.stop()
+# Refused before parsing: LENS_MAX_PROMPTS rows of prompts within the prompt limit, plus room for the rest.
+most_chars = server.max_prompts * (server.max_prompt_chars + 1024)
+if len(text) > most_chars:
+    running.show_error(
+        f"The prompt set is {len(text):,} characters; this server reads at most {most_chars:,} "
+        f"({server.max_prompts:,} prompts, LENS_MAX_PROMPTS)."
+    )
+    st.stop()
 
 others = [m for m in models.local_choices(server) if m != s.model_name]
 second = state.linked_choice(

@@ -76,3 +76,15 @@ def test_a_second_model_of_other_depth_goes_on_relative_depth(app, second):
     assert spec["layer"][1]["encoding"]["x"]["field"] == "depth"
     drawn = chart_data(charts(app)[0])
     assert drawn.groupby("source").depth.max().tolist() == [1.0, 1.0]
+
+
+def test_an_oversized_paste_is_refused_before_parsing(app, monkeypatch):
+    monkeypatch.setenv("LENS_MAX_PROMPTS", "1")
+    monkeypatch.setenv("LENS_MAX_TOKENS", "2")  # 1 prompt of at most 64 characters: 1,088 characters in all
+    app.query_params["set_source"] = "paste"
+    _open(app)
+    before = cached.runs["prompt_set"]
+    app.text_area(key="set_text").set_value("prompt,target\n" + "Once upon a,time\n" * 100).run()
+    assert not app.exception
+    assert any("at most 1,088" in e.value for e in app.error)
+    assert cached.runs["prompt_set"] == before
