@@ -199,4 +199,4 @@ def test_first_contact_draws_no_legacy_page_list(server, browser):
     context.close()
     assert not any(seen), "Streamlit's own page list was drawn"
     names = [t.split("\n")[-1] for t in links]
-    assert names == ["Lens", "Trajectories", "Attribution", "Compare", "Dataset", "Tuned lens"]
+    assert names == ["Lens", "Trajectories", "Attribution", "Compare", "Dataset", "Prompt sets", "Tuned lens"]
