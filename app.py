@@ -11,6 +11,7 @@ PAGES = [
     st.Page("pages/compare.py", title="Compare", icon=":material/compare:", url_path="compare"),
     st.Page("pages/patch.py", title="Patch", icon=":material/healing:", url_path="patch"),
     st.Page("pages/dataset.py", title="Dataset", icon=":material/dataset:", url_path="dataset"),
+    st.Page("pages/prompt_set.py", title="Prompt sets", icon=":material/stacked_line_chart:", url_path="prompt_set"),
     st.Page("pages/lenses.py", title="Lenses", icon=":material/tune:", url_path="lenses"),
 ]
 # The page list is drawn here as links: .streamlit/config.toml turns off Streamlit's own

@@ -24,6 +24,7 @@ from lens.nnsight_backend import NnsightModel
 from lens.patching import METRICS as PATCH_METRICS
 from lens.patching import PATCH_POINTS, PatchResult, patch, patched_lens, replace_word
 from lens.patching import words as prompt_words
+from lens.prompt_set import PromptSetResult, prompt_set, read_prompt_rows
 from lens.result import LensResult
 from lens.settings import Settings
 from lens.tokens import resolve_targets, tokenize_prompt, tokenize_target
@@ -51,6 +52,7 @@ __all__ = [
     "PatchResult",
     "POINTS",
     "PUBLISHED_LENSES",
+    "PromptSetResult",
     "Readout",
     "Row",
     "Settings",
@@ -72,7 +74,9 @@ __all__ = [
     "prompt_words",
     "replace_word",
     "load_model",
+    "prompt_set",
     "published_jacobian_lens",
+    "read_prompt_rows",
     "resolve_targets",
     "retarget",
     "run_lens",

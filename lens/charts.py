@@ -501,7 +501,10 @@ MAX_LINES = len(LINE_COLORS)
 def _line_style(field: str, title: str, names: Sequence[str], columns: int = 2) -> dict[str, alt.SchemaBase]:
     """Colour, point shape and dash pattern, all keyed on one field, with one legend whose labels are never cut."""
     domain = list(dict.fromkeys(names))
-    legend = alt.Legend(orient="top", columns=columns, labelLimit=0, symbolStrokeWidth=2, symbolSize=90)
+    # symbolOpacity: a translucent band drawn under a line would otherwise fade its legend symbol.
+    legend = alt.Legend(
+        orient="top", columns=columns, labelLimit=0, symbolStrokeWidth=2, symbolSize=90, symbolOpacity=1
+    )
     n = len(domain)
     return {
         "color": alt.Color(
@@ -643,3 +646,79 @@ def loss_chart(history: Sequence[float], title: str = "Training: mean KL to the 
         )
         .properties(width=480, height=220, title=title, autosize=PAD)
     )
+
+
+PROMPT_SET_SCALES = {
+    "probability": "Probability (mean, 95% band)",
+    "logit": "Logit (mean, 95% band)",
+    "rank": "Rank (mean, 95% band; log scale)",
+}
+_MEASURE_NAMES = {
+    "target_probability": "p(target)",
+    "target_logit": "target logit",
+    "target_rank": "target rank",
+    "logit_difference": "logit target − contrast",
+}
+
+
+def measure_scale(measure: str) -> str:
+    """Which of PROMPT_SET_SCALES a prompt-set measure is drawn on: measures on one chart share a y-axis."""
+    if measure == "target_rank":
+        return "rank"
+    return "logit" if measure in ("target_logit", "logit_difference") else "probability"
+
+
+def measure_name(measure: str) -> str:
+    """A prompt-set measure as a legend shows it: "p(target)", "p(concept: flower)"."""
+    return _MEASURE_NAMES.get(measure, f"p({measure})")
+
+
+def prompt_set_frame(summaries: Mapping[str, pd.DataFrame], measures: Sequence[str]) -> pd.DataFrame:
+    """The summaries' rows for ``measures``, each with its line's name and its band within the scale's range.
+
+    ``summaries`` maps a source (a model) to ``PromptSetResult.to_frame()``; with more than
+    one, line names start with the source. A t-interval can reach below 0 (probability) or
+    1 (rank), which no value can: the band drawn stops there, the table keeps the interval.
+    """
+    frames = []
+    for source, summary in summaries.items():
+        part = summary[summary.measure.isin(measures)].copy()
+        prefix = f"{source} · " if len(summaries) > 1 else ""
+        part["series"] = prefix + part.group.astype(str) + " · " + part.measure.map(measure_name)
+        part["source"] = source
+        frames.append(part)
+    frame = pd.concat(frames, ignore_index=True)
+    low, high = {"probability": (0.0, 1.0), "rank": (1.0, np.inf)}.get(measure_scale(measures[0]), (-np.inf, np.inf))
+    frame["band_low"] = frame.ci_low.clip(low, high)
+    frame["band_high"] = frame.ci_high.clip(low, high)
+    return frame
+
+
+def prompt_set_chart(summaries: Mapping[str, pd.DataFrame], measures: Sequence[str], title: str = "") -> alt.LayerChart:
+    """One line per group and measure (and source), the mean at every layer inside its 95% confidence band.
+
+    ``measures`` share one scale (see :func:`measure_scale`). Lines differ by colour, marker
+    and dash; sources of different depth go on a relative-depth axis, each output at 1.
+    """
+    scale = measure_scale(measures[0])
+    frame = prompt_set_frame(summaries, measures)
+    relative = len({tuple(s.layer_index.unique()) for s in summaries.values()}) > 1
+    layers = list(dict.fromkeys(frame.sort_values("layer_index").layer))
+    x = _depth_axis(layers, relative)
+    y_scale = alt.Scale(type="log", reverse=True) if scale == "rank" else alt.Scale(zero=scale == "probability")
+    y = alt.Y("mean:Q", title=PROMPT_SET_SCALES[scale], scale=y_scale)
+    style = _line_style("series", "group · measure", frame.series, columns=1)  # a phone shows a whole column
+    tooltip = [
+        "series:N",
+        "layer:N",
+        alt.Tooltip("n:Q", title="prompts"),
+        alt.Tooltip("mean:Q", format=".4g"),
+        alt.Tooltip("ci_low:Q", title="95% CI low", format=".4g"),
+        alt.Tooltip("ci_high:Q", title="95% CI high", format=".4g"),
+        alt.Tooltip("median:Q", format=".4g"),
+    ]
+    base = alt.Chart().encode(x=x, color=style["color"])
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("band_low:Q", scale=y_scale), y2="band_high:Q")
+    lines = base.mark_line(strokeWidth=2).encode(y=y, strokeDash=style["strokeDash"])
+    points = base.mark_point(filled=True, size=60, opacity=1).encode(y=y, shape=style["shape"], tooltip=tooltip)
+    return alt.layer(band, lines, points, data=frame).properties(width=480, height=300, title=title, autosize=PAD)

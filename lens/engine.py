@@ -234,13 +234,15 @@ def cell_statistics(
     readout: Readout,
     normed: torch.Tensor,
     top_k: int,
-    target_ids: Sequence[int],
+    target_ids: Sequence[int] | np.ndarray,
     next_ids: Sequence[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Exact per-cell statistics from final-norm outputs, chunk by chunk.
 
     Returns top-k ids and probabilities, log-normaliser, entropy, KL(final || row), and
     the targets' probabilities, logits and ranks. The final row must be ``normed[-1]``.
+    ``target_ids`` is one list for every position, or a [targets, positions] array when
+    each position has its own (positions that are different prompts' last tokens).
     ``next_ids`` gives one token per position (the text's actual next token); its logit
     in every cell comes back as ``next_logits``.
 
@@ -254,7 +256,11 @@ def cell_statistics(
     vocab = readout.d_vocab
     k = min(top_k, vocab)
     device = normed.device
-    targets = torch.tensor(list(target_ids), dtype=torch.long, device=device)
+    targets = torch.as_tensor(
+        np.asarray(target_ids, dtype=np.int64).reshape(-1, n_pos) if np.ndim(target_ids) == 2 else list(target_ids),
+        dtype=torch.long,
+        device=device,
+    )
     block = _chunk_width(n_pos, n_rows, vocab)
     out = {
         "top_ids": np.empty((n_rows, n_pos, k), np.int64),
@@ -281,8 +287,8 @@ def cell_statistics(
         # Cells are row-major: column r * width + j is row r at position start + j.
         logits = padded[:vocab]
         cells = pad_positions(normed[:, positions], width).reshape(n_cells, -1)
-        chunk = _Chunk(readout, cells, padded, block_max, parts, n_rows, target_ids)
-        target_logits = chunk.run(threads, targets)
+        chunk = _Chunk(readout, cells, padded, block_max, parts, n_rows, targets)
+        target_logits = chunk.run(threads, positions)
         sums, counts = chunk.sums, chunk.counts
         top_values, top_ids = _top_k_columns(padded, block_max, k)
         log_normalizer, entropy, kl = sums.statistics()
@@ -312,18 +318,19 @@ class _Chunk:
         block_max: torch.Tensor,
         parts: list[tuple[torch.Tensor, ...]],
         n_rows: int,
-        target_ids: Sequence[int],
+        targets: torch.Tensor,
     ) -> None:
         self.readout, self.cells, self.padded, self.block_max = readout, cells, padded, block_max
-        self.parts = parts
+        self.parts, self.targets, self.n_rows = parts, targets, n_rows
+        target_set = set(targets.flatten().tolist())
         n_cells = cells.shape[0]
         self.logits = padded[: readout.d_vocab]
         self.slabs = _slabs(padded.shape[0], n_cells)
-        self.first = [i for i, rows in enumerate(self.slabs) if any(rows.start <= t < rows.stop for t in target_ids)]
+        self.first = [i for i, rows in enumerate(self.slabs) if any(rows.start <= t < rows.stop for t in target_set)]
         self.sums = _SoftmaxSums(len(self.slabs), n_rows, n_cells // n_rows, cells.device)
-        self.counts = torch.zeros(len(self.slabs), len(target_ids), n_cells, device=cells.device)
+        self.counts = torch.zeros(len(self.slabs), len(targets), n_cells, device=cells.device)
 
-    def run(self, threads: _SlabThreads, targets: torch.Tensor) -> torch.Tensor:
+    def run(self, threads: _SlabThreads, positions: slice) -> torch.Tensor:
         """Every slab's statistics; the targets' logits, [targets, cells].
 
         Ranks are counted against the targets' logits as the chunk holds them (the same
@@ -331,7 +338,8 @@ class _Chunk:
         are made first.
         """
         threads.run(self._make, self.first)
-        self.target_logits = self.logits[targets]
+        width = self.cells.shape[0] // self.n_rows
+        self.target_logits = _target_logits(self.logits, self.targets, positions, self.n_rows, width)
         threads.run(self._reduce, range(len(self.slabs)))
         return self.target_logits
 
@@ -350,6 +358,20 @@ class _Chunk:
             if self.counts.shape[1]:
                 _count_greater(self.logits[part], self.target_logits, self.counts[slab], greater)
             self.sums.add(slab, self.logits[part], tuple(buffers))
+
+
+def _target_logits(
+    logits: torch.Tensor, targets: torch.Tensor, positions: slice, n_rows: int, width: int
+) -> torch.Tensor:
+    """The targets' logits in every cell of a chunk, [targets, cells], from its vocab-major logits.
+
+    ``targets`` is [targets] (the same in every cell) or [targets, positions] (each
+    position its own); cells are row-major, so a position's targets repeat in every row.
+    """
+    if targets.ndim == 1:
+        return logits[targets]
+    per_cell = pad_positions(targets[:, positions, None], width)[..., 0].repeat(1, n_rows)
+    return torch.gather(logits, 0, per_cell)
 
 
 def _make_slab(

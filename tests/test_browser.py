@@ -196,4 +196,4 @@ def test_first_contact_draws_no_legacy_page_list(server, browser):
     context.close()
     assert not any(seen), "Streamlit's own page list was drawn"
     names = [t.split("\n")[-1] for t in links]
-    assert names == ["Lens", "Trajectories", "Attribution", "Compare", "Dataset", "Lenses"]
+    assert names == ["Lens", "Trajectories", "Attribution", "Compare", "Patch", "Dataset", "Prompt sets", "Lenses"]

@@ -91,3 +91,16 @@ def test_trajectories_link_in_a_fresh_browser_reproduces_the_tokens(browser, ser
     reopened = again.locator("[data-testid=stVegaLiteChart] .role-legend-label text").evaluate_all(chart_tokens)
     assert len(legend) == 8 and sorted(reopened) == sorted(legend)
     fresh.close()
+
+
+def test_prompt_set_downloads_hold_the_summary_and_a_title(browser, server):  # noqa: F811
+    tab = _open(browser, f"{server}/prompt_set?set_scale=rank")
+    files = _download_all(tab)
+    table = pd.read_csv(io.BytesIO(files["csv"]))
+    assert {"model", "layer", "group", "measure", "n", "mean", "ci_low", "ci_high"} <= set(table.columns)
+    assert set(table.group) == {"names", "phrases"} and (table.n == 6).all()
+    result = json.loads(files["json"])["runs"][0]["result"]
+    assert len(result["per_prompt"]) == 12 * 5 and result["errors"] == []
+    svg = files["svg"].decode()
+    assert "Prompt set: rank by layer" in svg and "stories260K" in svg and "12 prompts in 2 groups" in svg
+    tab.close()

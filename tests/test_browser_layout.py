@@ -21,6 +21,7 @@ PAGES = {
     "attribution": "attribution",
     "compare": "compare",
     "dataset": "dataset",
+    "prompt_set": "prompt_set",
     "lenses": "lenses",
     "patch": "patch",
 }

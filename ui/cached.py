@@ -322,6 +322,26 @@ def patched_lens(query: PatchQuery, layer: int, position: int) -> lens.LensResul
     return results.get(("patched_lens", query, layer, position), compute, _results_limit())
 
 
+def prompt_set(
+    model_name: str,
+    kind: str,
+    text: str,
+    max_prompts: int,
+    lens_source: str | None = None,
+    _progress: Callable[[int, int, float | None], None] | None = None,
+) -> lens.PromptSetResult:
+    """A prompt set (CSV or JSONL ``text``) read by the lens, cached by content; ``_progress`` hears prompts done."""
+
+    def compute() -> lens.PromptSetResult:
+        runs["prompt_set"] += 1
+        rows = lens.read_prompt_rows(text, kind)
+        return lens.prompt_set(
+            model(model_name), rows, lens=_lens(lens_source), max_prompts=max_prompts, progress=_progress
+        )
+
+    return results.get(("prompt_set", model_name, kind, text, max_prompts, lens_source), compute, _results_limit())
+
+
 @st.cache_data(ttl=120, max_entries=64, show_spinner=False)
 def unavailable(model_id: str) -> str | None:
     """Why a model can't be loaded here without trying (not cached and no hub), or None.

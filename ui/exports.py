@@ -61,6 +61,24 @@ def comparison_files(results: Mapping[str, lens.LensResult]) -> tuple[bytes, str
     return safe_csv(comparison_frame(results)).encode(), json.dumps({"runs": runs}, ensure_ascii=False)
 
 
+def prompt_set_lines(results: Mapping[str, lens.PromptSetResult]) -> list[str]:
+    """Lines naming a prompt-set figure: each model and lens, with how many prompts and groups it read."""
+    return [
+        f"{label} · {r.lens_kind} lens · {len(r.prompts)} prompts in {len(r.groups)} groups"
+        + (f" ({len(r.errors)} rows skipped)" if r.errors else "")
+        for label, r in results.items()
+    ]
+
+
+def prompt_set_files(results: Mapping[str, lens.PromptSetResult]) -> tuple[bytes, str]:
+    """CSV of every summary (a ``model`` column first) and JSON of every full result."""
+    frames = [r.to_frame().assign(model=label) for label, r in results.items()]
+    table = pd.concat(frames, ignore_index=True)
+    table = table[["model", *[c for c in table.columns if c != "model"]]]
+    runs = [{"model": label, "result": json.loads(r.to_json())} for label, r in results.items()]
+    return safe_csv(table).encode(), json.dumps({"runs": runs}, ensure_ascii=False)
+
+
 def _render(spec: str, digest: str, key: str) -> None:
     """Both images, with a progress bar: each takes vl_convert a few seconds on a large chart."""
     import vl_convert

@@ -191,6 +191,22 @@ def corpus_with_progress(
     return with_progress(work, f"Reading {len(texts)} texts with {label}")
 
 
+def prompt_set_with_progress(
+    model_name: str, kind: str, text: str, max_prompts: int, lens_source: str | None = None
+) -> lens.PromptSetResult:
+    """A cached prompt set, with a progress bar: prompts read and the time left."""
+    label = models.label(model_name)
+
+    def work(report: Report) -> lens.PromptSetResult:
+        def tell(done: int, total: int, left: float | None) -> None:
+            eta = "" if left is None else f", about {left:.0f} s left"
+            report(f"{label}: {done:,} of {total:,} prompts{eta}", done / total)
+
+        return cached.prompt_set(model_name, kind, text, max_prompts, lens_source, _progress=tell)
+
+    return with_progress(work, f"Reading the prompt set with {label}")
+
+
 def check_length(model: lens.LensModel | lens.NnsightModel, q: LensQuery) -> None:
     """Refuse prompts over the server's token limit before running anything.
 
