@@ -366,7 +366,7 @@ def published_jacobian_lens(model_name: str, *, max_bytes: int | None = None) ->
     """
     from transformer_lens.tools.analysis import jacobian_lens as tl_jacobian
 
-    from lens.model import _hub_offline
+    from lens.sources import hub_offline
     from lens.tuned import model_key
 
     if not isinstance(model_name, str) or not model_name.strip():
@@ -382,7 +382,7 @@ def published_jacobian_lens(model_name: str, *, max_bytes: int | None = None) ->
 
     try:
         path = hf_hub_download(
-            repo_id, filename, revision=tl_jacobian._registry_revision(), local_files_only=_hub_offline()
+            repo_id, filename, revision=tl_jacobian._registry_revision(), local_files_only=hub_offline()
         )
     except Exception as exc:  # offline, missing file, network: one line for people
         raise LensError(

@@ -68,12 +68,12 @@ def versions() -> dict[str, str | None]:
 
 def revision(model: str) -> str | None:
     """The hub commit a model id was loaded from (its cached snapshot); None for a folder or an uncached id."""
-    from lens.model import DEMO_ALIASES, _cached_snapshot
+    from lens.sources import DEMO_ALIASES, cached_snapshot
 
     if model.strip().lower() in DEMO_ALIASES or Path(model).expanduser().exists():
         return None
     try:
-        snapshot = _cached_snapshot(model)
+        snapshot = cached_snapshot(model)
     except Exception:  # noqa: BLE001 - an id the hub library rejects has no revision to name
         return None
     return Path(snapshot).name if snapshot else None

@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from lens import LensError, patch
 from lens import patching as patching_module
-from lens.model import DEMO_MODEL_DIR
+from lens.sources import DEMO_MODEL_DIR
 from lens.tokens import tokenize_prompt, tokenize_target
 from tests.conftest import STORIES
 from tests.reference import _blocks_and_norm
