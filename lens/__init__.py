@@ -3,7 +3,8 @@
 Importable without Streamlit; the dashboard and the CLI are thin layers over this.
 Every model, whichever library runs it, is a :class:`Backend`; every lens (logit,
 tuned, Jacobian) is a :class:`Lens`; every run returns a :class:`LensResult`.
-``charts``, ``attribution_charts`` and ``patch_charts`` (Altair chart builders) are submodules, imported on use.
+``charts``, ``attribution_charts`` and ``patch_charts`` (Altair chart builders) and ``provenance``
+(what a view was made from, for exports and "Reproduce in Python") are submodules, imported on use.
 """
 
 __version__ = "0.1.0"  # as in pyproject.toml; JSON exports record it
@@ -62,6 +63,7 @@ __all__ = [
     "cell_writes",
     "charts",
     "patch_charts",
+    "provenance",
     "corpus_stats",
     "fit_jacobian_lens",
     "has_published_lens",

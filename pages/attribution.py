@@ -13,8 +13,7 @@ import streamlit as st
 import lens
 from lens import attribution_charts as charts
 from lens import charts as lens_charts
-from lens import safe_csv, typable_token
-from lens.provenance import Run, View
+from lens import provenance, safe_csv, typable_token
 from ui import cached, exports, reproduce, running, state
 from ui.escape import code, plain
 
@@ -176,8 +175,8 @@ st.dataframe(table, hide_index=True, width="stretch")
 explained = attribution.writes
 target_named = attribution.target + (f" − {attribution.contrast}" if attribution.contrast else "")
 lines = exports.describe_run(explained.model_name, explained.lens_kind, explained.prompt, [target_named])
-run = Run(query.model_name, tuple(explained.token_ids), query.prompt, query.lens_source)
-view = View(
+run = provenance.Run(query.model_name, tuple(explained.token_ids), query.prompt, query.lens_source)
+view = provenance.View(
     "attribution",
     (run,),
     points=tuple(ctx.choices.points),

@@ -8,8 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import lens
-from lens import charts, js_divergence, same_vocabulary, token_text
-from lens.provenance import Run, View
+from lens import charts, js_divergence, provenance, same_vocabulary, token_text
 from ui import cached, config, corpus_input, exports, lenses, models, reproduce, running, state
 from ui.escape import code, plain
 
@@ -261,10 +260,10 @@ if mode == "lenses":
     st.altair_chart(charts.stretched(kl_chart), width="stretch")
     lines.append(kl_chart)
 
-view = View(
+view = provenance.View(
     "compare",
     tuple(
-        Run(q.model_name, tuple(results[label].token_ids), q.prompt, q.lens_source, (targets[label],), label)
+        provenance.Run(q.model_name, tuple(results[label].token_ids), q.prompt, q.lens_source, (targets[label],), label)
         for label, q in runs.items()
     ),
     top_k=s.top_k,

@@ -8,8 +8,7 @@ import pandas as pd
 import streamlit as st
 
 import lens
-from lens import charts, safe_csv
-from lens.provenance import Run, View
+from lens import charts, provenance, safe_csv
 from ui import config, corpus_input, lenses, models, reproduce, running, state
 from ui.escape import plain
 
@@ -66,15 +65,7 @@ if not texts:
     st.info("Give some texts to read: paste them, upload a file, or use the bundled sample.")
     st.stop()
 
-others = [m for m in models.local_choices(config.server()) if m != s.model_name]
-second = state.linked_choice(
-    st.selectbox,
-    "Overlay a second model",
-    [None, *others],
-    key="corpus_model_b",
-    what="second model",
-    name=lambda m: "—" if m is None else models.label(m),
-)
+second = state.second_model(s.model_name, "corpus_model_b")
 limit = config.server().max_corpus_tokens
 
 # The sidebar's model with the logit lens, with the tuned or Jacobian lens if one is picked, and a second model.
@@ -98,7 +89,7 @@ for index, (model_name, lens_source) in enumerate(readings):
             plain(f"{label}: only the first {limit:,} tokens were read (this server's cap, LENS_MAX_CORPUS_TOKENS).")
         )
     frames.append(frame.assign(source=label))
-    read.append(Run(model_name, (), "", lens_source, label=label))
+    read.append(provenance.Run(model_name, (), "", lens_source, label=label))
 if not frames:
     st.stop()
 
@@ -121,4 +112,4 @@ st.download_button(
     key="corpus_csv",
     on_click="ignore",
 )
-reproduce.offer(View("dataset", tuple(read), points=tuple(s.points), texts=tuple(texts), max_tokens=limit))
+reproduce.offer(provenance.View("dataset", tuple(read), points=tuple(s.points), texts=tuple(texts), max_tokens=limit))

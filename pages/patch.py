@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 from types import SimpleNamespace
 
 import streamlit as st
@@ -9,6 +13,7 @@ import streamlit as st
 import lens
 from lens import PATCH_METRICS, PATCH_POINTS, charts, patch_charts, prompt_words, replace_word, safe_csv, typable_token
 from ui import cached, exports, models, running, state
+from ui.escape import code, plain
 
 POINT_NAMES = {
     "resid_pre": "Residual before the block",
@@ -27,7 +32,6 @@ def make_corrupted() -> None:
         st.session_state["patch_corrupted"] = replace_word(clean, index, replacement.strip())
 
 
-running.run_through_app()
 st.title("Patch: where does the answer live?")
 st.markdown(
     "**Which layer, at which word, carries the information the model needs for its answer.** Give a *clean* "
@@ -113,13 +117,13 @@ except lens.LensError as exc:
     running.show_error(str(exc))
     st.stop()
 
-what = f"`{result.target}`" + (f" − `{result.contrast}`" if result.contrast else "")
+what = code(result.target) + (f" − {code(result.contrast)}" if result.contrast else "")
 st.markdown(
     f"{METRIC_NAMES[metric]} of {what} at the last position: clean run **{result.clean_metric:+.4g}**, "
     f"corrupted run **{result.corrupted_metric:+.4g}**."
 )
 for note in result.notes:
-    st.caption(f":material/info: {note}")
+    st.caption(f":material/info: {plain(note)}")
 
 labels = patch_charts.column_labels(result)
 grid = SimpleNamespace(n_rows=result.n_layers, layers=result.layer_labels, tokens=[x.split(" ", 1)[1] for x in labels])

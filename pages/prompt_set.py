@@ -1,5 +1,9 @@
 """Prompt sets: per-layer curves averaged over many prompts, per group, with 95% confidence bands."""
 
+from ui.entry import run_through_app
+
+run_through_app()  # first, before torch is imported: see ui.entry
+
 from pathlib import Path
 
 import pandas as pd
@@ -7,7 +11,8 @@ import streamlit as st
 
 import lens
 from lens import charts
-from ui import config, exports, models, running, state
+from ui import config, exports, lenses, models, running, state
+from ui.escape import plain
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 EXAMPLES = {"demo": "prompt_set_demo.csv", "stories260K": "prompt_set_stories260K.jsonl"}
@@ -19,7 +24,6 @@ FORMAT_HELP = (
     '"concepts": {"flower": ["flower", "blossom"]}.'
 )
 
-running.run_through_app()
 st.title("Prompt sets")
 with st.expander("What am I looking at?"):
     st.markdown(
@@ -75,15 +79,7 @@ if len(text) > most_chars:
     )
     st.stop()
 
-others = [m for m in models.local_choices(server) if m != s.model_name]
-second = state.linked_choice(
-    st.selectbox,
-    "Overlay a second model",
-    [None, *others],
-    key="set_model_b",
-    what="second model",
-    name=lambda m: "—" if m is None else models.label(m),
-)
+second = state.second_model(s.model_name, "set_model_b")
 readings = [(s.model_name, s.lens_source), *([(second, None)] if second else [])]
 results: dict[str, lens.PromptSetResult] = {}
 for model_name, lens_source in readings:
@@ -91,7 +87,7 @@ for model_name, lens_source in readings:
     if model is None:
         continue
     running.require_local_weights(model, "Prompt sets")
-    label = models.label(model_name) + (" · tuned lens" if lens_source else "")
+    label = models.label(model_name) + (f" · {lenses.KIND_LABELS[lenses.kind(lens_source)]}" if lens_source else "")
     try:
         results[label] = running.prompt_set_with_progress(model_name, kind, text, server.max_prompts, lens_source)
     except lens.LensError as exc:  # one line; the other model's reading stays
@@ -101,12 +97,14 @@ if not results:
 
 for index, (label, result) in enumerate(results.items()):
     st.caption(
-        f"{label}: {len(result.prompts)} prompts in {len(result.groups)} groups, read at their last position "
-        f"(at most {server.max_prompts:,} per set, LENS_MAX_PROMPTS)."
+        plain(
+            f"{label}: {len(result.prompts)} prompts in {len(result.groups)} groups, read at their last position "
+            f"(at most {server.max_prompts:,} per set, LENS_MAX_PROMPTS)."
+        )
     )
     if result.errors or result.warnings:
         # A table, not markdown: the lines quote the file's own text.
-        st.warning(f"{label}: {len(result.errors)} rows skipped, {len(result.warnings)} notes.")
+        st.warning(plain(f"{label}: {len(result.errors)} rows skipped, {len(result.warnings)} notes."))
         lines = result.errors + result.warnings
         notes = pd.DataFrame(
             {

@@ -126,3 +126,18 @@ def unescaped(markdown: str) -> str:
     import re
 
     return re.sub(r"\\([!-/:-@\[-`{-~])", r"\1", markdown).replace("\u2060", "")
+
+
+def shown(markdown: str) -> str:
+    """The text a reader sees in a message: its markdown rendered as CommonMark, tags dropped.
+
+    Code spans lose the padding :func:`ui.escape.code` gives them, escapes are undone and
+    :func:`ui.escape.plain`'s invisible word joiners go, as on screen.
+    """
+    import html
+    import re
+
+    from markdown_it import MarkdownIt
+
+    rendered = MarkdownIt("commonmark").renderInline(markdown)
+    return html.unescape(re.sub(r"<[^>]+>", "", rendered)).replace("\u2060", "")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from lens import patch, patched_lens
+from tests.conftest import shown
 from tests.test_app import STORY, app, assert_no_failure, chart_data, charts  # noqa: F401 - app is a fixture
 from ui import cached
 
@@ -88,4 +89,4 @@ def test_bad_input_is_one_line_and_the_page_keeps_working(app, params, message):
 def test_too_many_cells_for_the_server(app, monkeypatch):  # noqa: F811
     monkeypatch.setenv("LENS_MAX_PATCH_CELLS", "20")
     _open(app, patch_clean=STORY, patch_corrupted=CORRUPTED)
-    assert len(app.error) == 1 and "the limit here is 20 (LENS_MAX_PATCH_CELLS)" in app.error[0].value
+    assert len(app.error) == 1 and "the limit here is 20 (LENS_MAX_PATCH_CELLS)" in shown(app.error[0].value)

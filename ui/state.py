@@ -20,6 +20,7 @@ import streamlit as st
 
 import lens
 from lens import charts
+from ui import config, models
 from ui.cached import LensQuery
 from ui.escape import plain
 
@@ -301,3 +302,16 @@ def cell_picker(result: lens.LensResult, window: tuple[int, int], cell: tuple[in
             on_change=_picked,
             width=220,
         )
+
+
+def second_model(current: str, key: str) -> str | None:
+    """A second local model to overlay on ``current``'s curves, or None; the link keeps it under ``key``."""
+    others = [m for m in models.local_choices(config.server()) if m != current]
+    return linked_choice(
+        st.selectbox,
+        "Overlay a second model",
+        [None, *others],
+        key=key,
+        what="second model",
+        name=lambda m: "—" if m is None else models.label(m),
+    )
