@@ -26,6 +26,9 @@ PARAMETERS = [
     "target",
     "lens_kind",
     "tuned_lens",
+    "jacobian_lens",
+    "chat_template",
+    "trim_prompt",
     "bos",
     "embed_row",
     "attn_rows",
@@ -49,6 +52,21 @@ PARAMETERS = [
     "compare_follow",
     "compare_width",
     "compare_metric",
+    "compare_pair",
+    "compare_kl_on",
+    "patch_clean",
+    "patch_corrupted",
+    "patch_target",
+    "patch_contrast",
+    "patch_point",
+    "patch_metric",
+    "patch_word",
+    "patch_replacement",
+    "set_example",
+    "set_source",
+    "set_text",
+    "set_scale",
+    "set_model_b",
     "corpus_source",
     "corpus_text",
     "corpus_model_b",
@@ -56,9 +74,12 @@ PARAMETERS = [
     "train_source",
     "train_text",
     "train_steps",
+    "lenses_kind",
+    "jlens_prompts",
+    "jlens_tokens",
 ]
 STREAMLIT_ICON = "https://fonts.gstatic.com/s/i/short-term/release/materialsymbolsrounded/"
-PAGES = ["", "trajectories", "attribution", "compare", "dataset", "tuned_lens"]
+PAGES = ["", "trajectories", "attribution", "compare", "patch", "dataset", "prompt_set", "lenses"]
 
 
 @pytest.fixture(scope="module")

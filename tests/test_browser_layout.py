@@ -234,7 +234,7 @@ def _contrast_on_white(fill: str, alpha: float) -> float:
     return 1.05 / (luminance + 0.05)
 
 
-@pytest.mark.parametrize("page", [p for p in PAGES if p != "tuned"])
+@pytest.mark.parametrize("page", [p for p in PAGES if p != "lenses"])  # no chart until a lens is made
 def test_chart_text_contrast(tab, page):
     """Axis labels, layer and token names, legends and titles read at 4.5:1 or better, as drawn."""
     _open(tab, page, PROMPTS["13tok"])
