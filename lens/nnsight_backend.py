@@ -8,10 +8,13 @@ log-normaliser, entropy, KL to the final row, targets' probability, logit and ra
 all run inside the trace; only those small arrays are saved and come back.
 
 Run here (``remote=False``), the backend captures residuals like the TransformerLens
-one and the shared engine and readout do the rest. On NDIF a run has a time limit,
-holds no lock here, and every failure (no key, a rejected key, NDIF unreachable or
-down, a model it doesn't host, a queue that doesn't move) becomes one LensError line,
-told apart by exception type and HTTP status; queue and run status go to ``progress``.
+one and the shared engine and readout do the rest; for attribution it reads one cell's
+writes (each head's slice of the attention output projection's input, the MLP outputs)
+in one trace, and lens.attribution splits them as it does TransformerLens's. On NDIF a
+run has a time limit, holds no lock here, and every failure (no key, a rejected key,
+NDIF unreachable or down, a model it doesn't host, a queue that doesn't move) becomes
+one LensError line, told apart by exception type and HTTP status; queue and run status
+go to ``progress``.
 """
 
 from __future__ import annotations

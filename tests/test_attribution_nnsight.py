@@ -10,30 +10,58 @@ don't add up that way, or that nnsight can't read, is refused in one line.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
+import torch
+from transformers import AutoTokenizer
 
-from lens import attribute, cell_writes, head_attention, run_lens
+from lens import LensModel, NnsightModel, attribute, cell_writes, head_attention, run_lens
 from lens.nnsight_backend import wrap_hf_model
+from tests.conftest import GPT2_TOKENIZER, STORIES, require_shared
 from tests.test_architectures import build_tiny
 from tests.test_backends import PROMPTS, _pair, assert_one_line_refusal
 
-# The demo GPT-2 (learned positions, LayerNorm, biases), stories260K (Llama: RMSNorm, grouped
-# key/value heads), Gemma-2 (a norm after attention and after the MLP, soft-caps) and Cohere
-# (attention and MLP in parallel, a logit scale).
-FAMILIES = ["demo", "stories", "gemma2", "cohere"]
+# The demo GPT-2 and a random one (learned positions, LayerNorm, biases), stories260K (Llama:
+# RMSNorm, grouped key/value heads), Gemma-2 (a norm after attention and after the MLP,
+# soft-caps) and Cohere (attention and MLP in parallel, a logit scale).
+FAMILIES = ["demo", "gpt2-random", "stories", "gemma2", "cohere"]
 ROWS = ("embed", 1, None)  # the embeddings alone, a middle block, the output row
 POSITIONS = (2, -1)
 TOLERANCE = 1e-4
+_random_gpt2: list[tuple[LensModel, NnsightModel]] = []
+
+
+def _models(name: str) -> tuple[LensModel, NnsightModel]:
+    """The model on both backends, from the same weights."""
+    if name != "gpt2-random":
+        return _pair(name)
+    if not _random_gpt2:
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        require_shared()
+        torch.manual_seed(1)
+        hf_model = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=64, n_head=4)).eval()
+        with torch.no_grad():  # non-zero biases, so their parts are compared too
+            for block in hf_model.transformer.h:
+                block.attn.c_proj.bias.normal_(0, 0.05)
+            hf_model.transformer.ln_f.bias.normal_(0, 0.05)
+        tokenizer = AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER))
+        twin = copy.deepcopy(hf_model)
+        _random_gpt2.append(
+            (LensModel.from_hf(hf_model, tokenizer, name=name), wrap_hf_model(twin, tokenizer, name=name))
+        )
+    return _random_gpt2[0]
 
 
 def _prompt(name: str) -> str:
-    return PROMPTS.get(name, PROMPTS["stories"])
+    return PROMPTS["demo"] if "gpt2" in name else PROMPTS.get(name, PROMPTS["stories"])
 
 
 @pytest.mark.parametrize("name", FAMILIES)
 def test_every_part_is_the_transformer_lens_one(name, capsys):
-    reference, model = _pair(name)
+    reference, model = _models(name)
     assert model.capabilities.per_head and not model.capabilities.after_attention
     prompt = _prompt(name)
     result = run_lens(model, prompt, top_k=1, points=("resid_pre", "resid_post"))
@@ -61,7 +89,7 @@ def test_every_part_is_the_transformer_lens_one(name, capsys):
 
 @pytest.mark.parametrize("name", ["demo", "stories", "gemma2"])
 def test_attention_patterns_agree_and_the_attention_kernel_comes_back(name):
-    reference, model = _pair(name)
+    reference, model = _models(name)
     kernel = model.wrapper._module.config._attn_implementation
     for layer, head, position in ((0, 0, -1), (1, 1, 4)):
         got = head_attention(model, _prompt(name), layer=layer, head=head, position=position)
@@ -80,10 +108,7 @@ def test_writes_that_do_not_add_up_are_refused_in_one_line():
 
 def test_blocks_nnsight_cannot_read_are_refused_in_one_line():
     """OPT's blocks have no ``mlp`` module: no per-head writes, one line, before any run."""
-    from transformers import AutoTokenizer
-
-    from tests.conftest import STORIES
-
+    require_shared()
     hf_model, _ = build_tiny("OPTForCausalLM")
     model = wrap_hf_model(hf_model, AutoTokenizer.from_pretrained(str(STORIES)), name="opt-tiny")
     assert not model.capabilities.per_head
