@@ -38,7 +38,7 @@ def _models(name: str) -> tuple[LensModel, NnsightModel]:
     if name != "gpt2-random":
         return _pair(name)
     if not _random_gpt2:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
         require_shared()
         torch.manual_seed(1)
@@ -47,7 +47,7 @@ def _models(name: str) -> tuple[LensModel, NnsightModel]:
             for block in hf_model.transformer.h:
                 block.attn.c_proj.bias.normal_(0, 0.05)
             hf_model.transformer.ln_f.bias.normal_(0, 0.05)
-        tokenizer = AutoTokenizer.from_pretrained(str(GPT2_TOKENIZER))
+        tokenizer = GPT2TokenizerFast.from_pretrained(str(GPT2_TOKENIZER))
         twin = copy.deepcopy(hf_model)
         _random_gpt2.append(
             (LensModel.from_hf(hf_model, tokenizer, name=name), wrap_hf_model(twin, tokenizer, name=name))
