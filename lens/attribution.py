@@ -25,6 +25,7 @@ import torch
 
 from lens.backend import POINTS, Backend, BlockWrites, ComponentWrites, Row, check_backend, lens_rows
 from lens.checks import listed, whole_number
+from lens.engine import on_one_intra_op_thread
 from lens.errors import LensError
 from lens.lenses import LOGIT_LENS, Lens, check_lens
 from lens.tokens import prompt_text, tokenize_prompt, tokenize_target
@@ -350,6 +351,7 @@ def _position(n_positions: int, position: int) -> int:
     return int(position) % n_positions
 
 
+@on_one_intra_op_thread
 def cell_writes(
     model: Backend,
     prompt: str | Sequence[int],
