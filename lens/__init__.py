@@ -11,7 +11,18 @@ __version__ = "0.1.0"  # as in pyproject.toml; JSON exports record it
 
 from lens.attribution import Attribution, CellWrites, attribute, cell_writes, head_attention
 from lens.attribution import token_text as typable_token
-from lens.backend import POINTS, Backend, Capabilities, OutputTransform, Patch, Readout, Row, lens_rows
+from lens.backend import (
+    POINTS,
+    Backend,
+    BlockWrites,
+    Capabilities,
+    ComponentWrites,
+    OutputTransform,
+    Patch,
+    Readout,
+    Row,
+    lens_rows,
+)
 from lens.compare import js_divergence, last_position_log_probs, same_vocabulary, token_text
 from lens.corpus import corpus_stats
 from lens.engine import retarget, run_lens
@@ -34,8 +45,10 @@ from lens.tuned import PUBLISHED_LENSES, TunedLens, train_tuned_lens, training_k
 __all__ = [
     "Attribution",
     "Backend",
+    "BlockWrites",
     "Capabilities",
     "CellWrites",
+    "ComponentWrites",
     "DEFAULT_MODEL",
     "FitCancelled",
     "JacobianLens",

@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from lens.backend import Backend, Row, check_backend, lens_rows
+from lens.backend import POINTS, Backend, BlockWrites, ComponentWrites, Row, check_backend, lens_rows
 from lens.checks import listed, whole_number
 from lens.engine import on_one_intra_op_thread
 from lens.errors import LensError
@@ -96,8 +96,8 @@ class CellWrites:
 
     ``directions[i]`` is part i's write after the frozen norm (and a tuned lens's linear
     map): the vector the unembedding reads. Its dot product with a token's unembedding
-    column is that part's share of the token's logit. The ``unembed_bias`` part has a zero
-    direction; its share is the bias itself.
+    column (times the model's logit scale, if any) is that part's share of the token's
+    logit. The ``unembed_bias`` part has a zero direction; its share is the bias itself.
     """
 
     model_name: str
@@ -140,14 +140,17 @@ class CellWrites:
         )
 
     def shares(self, model: Backend, token_ids: Sequence[int]) -> np.ndarray:
-        """[parts, tokens]: each part's share of each token's (pre-cap) lens logit, in float64."""
+        """[parts, tokens]: each part's share of each token's (pre-cap) lens logit, in float64.
+
+        A model's logit scale (Cohere's, Granite's) multiplies every share: it is linear.
+        """
         ids = torch.tensor(list(token_ids), dtype=torch.long, device=model.readout.device)
         columns = model.readout.unembed_weight[:, ids].double()
         directions = torch.from_numpy(self.directions).to(columns.device).double()
         shares = directions @ columns
         if model.readout.bias is not None:
             shares[self.components.index("unembed_bias")] = model.readout.bias[ids].double()
-        return shares.cpu().numpy()
+        return (shares * model.readout.transform.scale).cpu().numpy()
 
     def part_labels(self) -> list[str]:
         """Readable names: 'L3 H5', 'L3 attn bias', 'L2 MLP', 'embed'."""
@@ -201,6 +204,7 @@ class CellWrites:
                 raise LensError(f"There is no part called {name!r} at this cell.")
             rows.append(torch.from_numpy(np.asarray(vector, dtype=np.float32)))
         logits = (torch.stack(rows).to(model.readout.device) @ model.readout.unembed_weight).cpu()
+        logits *= model.readout.transform.scale
         kk = min(k, logits.shape[1])
         top, bottom = torch.topk(logits, kk, dim=1), torch.topk(logits, kk, dim=1, largest=False)
         records = []
@@ -320,7 +324,8 @@ def resolve_row(model: Backend, row: int | str | None) -> Row:
 
     A string: a row label as the lens shows it ('embed', 'L3 attn', 'L3', 'L4 (output)') or a hook name.
     """
-    rows = lens_rows(model, ("resid_pre", "resid_mid", "resid_post"))
+    points = POINTS if model.capabilities.after_attention else tuple(p for p in POINTS if p != "resid_mid")
+    rows = lens_rows(model, points)
     if row is None:
         return rows[-1]
     if isinstance(row, (int, np.integer)) and not isinstance(row, bool):
@@ -332,6 +337,8 @@ def resolve_row(model: Backend, row: int | str | None) -> Row:
     for candidate in rows:
         if row in (candidate.label, candidate.hook):
             return candidate
+    if isinstance(row, str) and (row.endswith(" attn") or row.endswith(".hook_resid_mid")):
+        model.capabilities.require("after_attention", f"the after-attention row {row!r}", model.name)
     labels = ", ".join(r.label for r in rows[:3])
     raise LensError(f"There is no row {row!r}; rows are named like {labels}, … or by block number.")
 
@@ -354,41 +361,26 @@ def cell_writes(
     prepend_bos: bool | None = None,
     lens: Lens | None = None,
 ) -> CellWrites:
-    """One forward pass: every component's write at (row, position), through the frozen final norm."""
+    """One forward pass: every component's write at (row, position), through the frozen final norm.
+
+    The backend reads the writes (:class:`ComponentWrites`); splitting them into parts,
+    checking they add up, the lens's map and the frozen norm happen here, for every backend.
+    """
     model = check_backend(model)
     model.capabilities.require("per_head", "direct logit attribution (per-head writes)", model.name)
     lens = check_lens(lens)
     token_ids = tokenize_prompt(model, prompt, prepend_bos)
     position = _position(len(token_ids), position)
     target_row = resolve_row(model, row)
-    n = model.n_layers
-    is_output = target_row.hook == f"blocks.{n - 1}.hook_resid_post"
-    last = target_row.layer  # the last block with any write below the row (-1: embeddings only)
-    positional = getattr(model.cfg, "positional_embedding_type", "") == "standard"
-    hooks = ["blocks.0.hook_resid_pre", target_row.hook]
-    if positional:
-        hooks.append("hook_pos_embed")
-    for i in range(last + 1):
-        hooks += [f"blocks.{i}.hook_attn_out", f"blocks.{i}.attn.hook_z"]
-        if i < last or target_row.hook.endswith("hook_resid_post"):
-            hooks.append(f"blocks.{i}.hook_mlp_out")
-    hooks = [h for h in dict.fromkeys(hooks) if h in model.bridge.hook_dict or h == target_row.hook]
+    is_output = target_row.hook == f"blocks.{model.n_layers - 1}.hook_resid_post"
     tokens = torch.tensor([token_ids], dtype=torch.long, device=model.readout.device)
     with model.lock, torch.no_grad():
-        try:
-            cache = model.capture(tokens, hooks, stop_at_layer=max(last + 1, 1))
-        except (ValueError, KeyError) as exc:
-            raise LensError(f"Model '{model.name}' cannot provide the points attribution needs: {exc}") from exc
-        if target_row.hook not in cache:
-            raise LensError(
-                f"Model '{model.name}' has no {target_row.label} point (its blocks run attention and MLP in parallel)."
-            )
-        acts = {name: cache[name][0, position].float() for name in hooks if name in cache}
-        parts = _collect_parts(model, acts, target_row, cache, position)
+        cell = model.component_writes(tokens, target_row, position)
+        parts = _collect_parts(cell)
         notes = list(parts.notes)
         writes = torch.stack(parts.writes)
-        residual = acts[target_row.hook]
-        _check_sum(model, writes.sum(0), residual, target_row)
+        residual = cell.residual
+        _check_sum(model.name, cell.dtype, writes.sum(0), residual, target_row)
         lens.check_compatible(model)
         translate = _lens_map(lens, target_row, is_output)
         if translate is not None:
@@ -409,7 +401,7 @@ def cell_writes(
             parts.name_extra("unembed_bias")  # its share is the bias itself, see CellWrites.shares
             directions.append(torch.zeros_like(residual)[None])
         directions = torch.cat(directions)
-        del cache
+        del cell
     cap = model.readout.softcap
     if cap is not None:
         notes.append(
@@ -455,30 +447,26 @@ class _Parts:
         self.heads.append(head)
 
 
-def _collect_parts(model: Backend, acts: dict[str, torch.Tensor], row: Row, cache, position: int) -> _Parts:
+def _collect_parts(cell: ComponentWrites) -> _Parts:
     """The raw (un-normed) writes at the cell, bottom up; they add up to the row's residual."""
     parts = _Parts()
-    embedded = acts["blocks.0.hook_resid_pre"]
-    if "hook_pos_embed" in acts:
-        parts.add("embed", -1, -1, embedded - acts["hook_pos_embed"])
-        parts.add("pos_embed", -1, -1, acts["hook_pos_embed"])
-    else:
-        parts.add("embed", -1, -1, embedded)
+    parts.add("embed", -1, -1, cell.embed)
+    if cell.pos_embed is not None:
+        parts.add("pos_embed", -1, -1, cell.pos_embed)
     fallback_layers = []
-    for i in range(row.layer + 1):
-        attn_out = acts[f"blocks.{i}.hook_attn_out"]
-        heads = _head_writes(model, i, cache, position, attn_out)
+    for i, block in enumerate(cell.blocks):
+        heads = _head_writes(block, cell.dtype)
         if heads is None:
             fallback_layers.append(i)
-            parts.add("attn", i, -1, attn_out)
+            parts.add("attn", i, -1, block.attention)
         else:
             per_head, bias = heads
             for h, write in enumerate(per_head):
                 parts.add("attn", i, h, write)
             if bias is not None:
                 parts.add("attn_bias", i, -1, bias)
-        if f"blocks.{i}.hook_mlp_out" in acts:
-            parts.add("mlp", i, -1, acts[f"blocks.{i}.hook_mlp_out"])
+        if block.mlp is not None:
+            parts.add("mlp", i, -1, block.mlp)
     if fallback_layers:
         parts.per_head = False
         shown = ", ".join(str(i) for i in fallback_layers)
@@ -489,33 +477,27 @@ def _collect_parts(model: Backend, acts: dict[str, torch.Tensor], row: Row, cach
     return parts
 
 
-def _head_writes(
-    model: Backend, layer: int, cache, position: int, attn_out: torch.Tensor
-) -> tuple[list[torch.Tensor], torch.Tensor | None] | None:
+def _head_writes(block: BlockWrites, dtype: torch.dtype) -> tuple[list[torch.Tensor], torch.Tensor | None] | None:
     """Per-head writes z_h·W_O[h] and the output bias, or None when they don't rebuild the attention output.
 
     Gemma-2 normalises the attention output again before adding it (a post-attention
     RMSNorm); with that norm's scale frozen too, the heads still add up exactly.
     """
-    z_name = f"blocks.{layer}.attn.hook_z"
-    attn = model.bridge.blocks[layer].attn
-    W_O = getattr(attn, "W_O", None)
-    if z_name not in cache or W_O is None:
+    z, W_O = block.heads_input, block.head_weights
+    if z is None or W_O is None:
         return None
-    z = cache[z_name][0, position].float()
     if z.ndim != 2 or tuple(W_O.shape[:2]) != tuple(z.shape):
         return None
     heads = torch.einsum("hd,hdm->hm", z, W_O.detach().float())
-    b_O = getattr(attn, "b_O", None)
+    b_O = block.head_bias
     bias = None if b_O is None or not torch.any(b_O) else b_O.detach().float()
     raw = heads.sum(0) + (0 if bias is None else bias)
-    if _close(model, raw, attn_out):
+    if _close(dtype, raw, block.attention):
         return list(heads), bias
-    post_norm = getattr(model.bridge.blocks[layer], "ln1_post", None)
-    if post_norm is None:
+    if block.post_norm is None:
         return None
     try:
-        frozen = freeze_norm(post_norm, raw, "post-attention norm")
+        frozen = freeze_norm(block.post_norm, raw, "post-attention norm")
     except LensError:
         return None
     normed_heads = frozen(heads)
@@ -523,21 +505,21 @@ def _head_writes(
     if frozen.bias is not None and torch.any(frozen.bias):
         normed_bias = frozen.bias if normed_bias is None else normed_bias + frozen.bias
     rebuilt = normed_heads.sum(0) + (0 if normed_bias is None else normed_bias)
-    return (list(normed_heads), normed_bias) if _close(model, rebuilt, attn_out) else None
+    return (list(normed_heads), normed_bias) if _close(dtype, rebuilt, block.attention) else None
 
 
-def _close(model: Backend, rebuilt: torch.Tensor, actual: torch.Tensor) -> bool:
-    dtype = next(model.bridge.parameters()).dtype
+def _close(dtype: torch.dtype, rebuilt: torch.Tensor, actual: torch.Tensor) -> bool:
+    """Whether ``rebuilt`` is ``actual`` to the rounding of a model computing in ``dtype``."""
     error = torch.linalg.vector_norm(rebuilt - actual)
     return bool(error <= RESIDUAL_TOLERANCE.get(dtype, HALF_TOLERANCE) * torch.linalg.vector_norm(actual) + 1e-6)
 
 
-def _check_sum(model: Backend, rebuilt: torch.Tensor, residual: torch.Tensor, row: Row) -> None:
-    if not _close(model, rebuilt, residual):
+def _check_sum(name: str, dtype: torch.dtype, rebuilt: torch.Tensor, residual: torch.Tensor, row: Row) -> None:
+    if not _close(dtype, rebuilt, residual):
         raise LensError(
-            f"Model '{model.name}''s residual at row {row.label} is not the sum of the embeddings, attention and MLP "
-            "writes below it (its family adds them another way, e.g. attention and MLP in parallel), so it can't be "
-            "attributed exactly."
+            f"Model '{name}''s residual at row {row.label} is not the sum of the embeddings, attention and MLP "
+            "writes below it (its family scales or norms them before adding them), so it can't be attributed "
+            "exactly."
         )
 
 
@@ -594,22 +576,19 @@ def head_attention(
     Only this path asks for attention patterns, so plain lens runs keep the fast forward pass.
     """
     model = check_backend(model)
-    model.capabilities.require("per_head", "attention patterns", model.name)
-    n_heads = int(model.cfg.n_heads)
+    model.capabilities.require("attention_patterns", "attention patterns", model.name)
     if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)) or not 0 <= layer < model.n_layers:
         raise LensError(f"Layer {layer} is out of range: model '{model.name}' has layers 0 to {model.n_layers - 1}.")
-    if isinstance(head, bool) or not isinstance(head, (int, np.integer)) or not 0 <= head < n_heads:
-        raise LensError(f"Head {head} is out of range: layer {layer} has heads 0 to {n_heads - 1}.")
+    if isinstance(head, bool) or not isinstance(head, (int, np.integer)):
+        raise LensError(f"The head must be a whole number, not {head!r}.")
     token_ids = tokenize_prompt(model, prompt, prepend_bos)
     position = _position(len(token_ids), position)
-    hook = f"blocks.{layer}.attn.hook_pattern"
     tokens = torch.tensor([token_ids], dtype=torch.long, device=model.readout.device)
     with model.lock, torch.no_grad():
-        cache = model.capture(tokens, [hook], stop_at_layer=layer + 1)
-        if hook not in cache:
-            raise LensError(f"Model '{model.name}' does not expose attention patterns.")
-        weights = cache[hook][0, head, position, : position + 1].float().cpu().numpy()
-        del cache
+        pattern = model.attention_pattern(tokens, int(layer), position)
+    if not 0 <= head < pattern.shape[0]:
+        raise LensError(f"Head {head} is out of range: layer {layer} has heads 0 to {pattern.shape[0] - 1}.")
+    weights = pattern[head].float().cpu().numpy()
     names = model.token_name.many(token_ids[: position + 1])
     return pd.DataFrame({"position": np.arange(position + 1), "token": names, "weight": weights.astype(np.float64)})
 

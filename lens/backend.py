@@ -67,7 +67,9 @@ class Capabilities:
 
     ``local_weights``: the weights are in this process, so the readout runs here.
     ``after_attention``: it can read the residual between attention and MLP (resid_mid).
-    ``per_head``: it can split attention output into per-head writes (attribution).
+    ``per_head``: it can split every write into the residual stream by component and
+    attention head (direct logit attribution, through ``component_writes``).
+    ``attention_patterns``: it can read a head's attention weights (``attention_pattern``).
     ``gradients``: it can backpropagate (tuned-lens and Jacobian-lens fitting).
     ``patching``: it can run forward passes with residuals replaced (patch lens).
     ``remote``: runs go to another machine (NDIF), so they can wait in a queue.
@@ -76,6 +78,7 @@ class Capabilities:
     local_weights: bool = True
     after_attention: bool = False
     per_head: bool = False
+    attention_patterns: bool = False
     gradients: bool = False
     patching: bool = False
     remote: bool = False
@@ -186,6 +189,43 @@ class Readout:
 
 
 @dataclass(frozen=True)
+class BlockWrites:
+    """What one block wrote into the residual stream at one cell, in fp32: the pieces attribution splits.
+
+    ``attention`` is attention's write as it reaches the residual. Head h wrote
+    ``heads_input[h] @ head_weights[h]``: the output projection's input split by head
+    [heads, d_head] and its weight [heads, d_head, d_model] (None where the backend can't
+    read them; the layer is then one part). ``head_bias`` is the projection's bias;
+    ``post_norm`` a norm between the projection and the residual (Gemma-2's), which
+    attribution freezes as it does the final one. ``mlp`` is the MLP's write, None when the
+    row sits between this block's attention and its MLP.
+    """
+
+    attention: torch.Tensor
+    heads_input: torch.Tensor | None
+    head_weights: torch.Tensor | None
+    head_bias: torch.Tensor | None
+    post_norm: torch.nn.Module | None
+    mlp: torch.Tensor | None
+
+
+@dataclass(frozen=True)
+class ComponentWrites:
+    """Every write below one (row, position) cell, from one forward pass, and the residual they add up to.
+
+    ``embed`` is the token embedding's write (block 0's input less ``pos_embed``, the
+    learned position embedding where the model has one); ``blocks`` run from block 0 to
+    the row's block. ``dtype`` is the model's: it sets how closely its writes can add up.
+    """
+
+    embed: torch.Tensor
+    pos_embed: torch.Tensor | None
+    blocks: list[BlockWrites]
+    residual: torch.Tensor
+    dtype: torch.dtype
+
+
+@dataclass(frozen=True)
 class Patch:
     """Activations written into a run at one hook point: item ``items[k]`` at ``positions[k]`` gets ``values[k]``.
 
@@ -210,9 +250,14 @@ class Backend(Protocol):
     ``capture`` runs one forward pass of ``tokens`` [batch, positions] and returns the
     residual at each hook name, [batch, positions, d_model]; the caller holds ``lock``,
     because hooks on a shared model would otherwise read another run's activations.
-    ``readout`` exists where ``capabilities.local_weights`` is true, and
+    ``readout`` exists where ``capabilities.local_weights`` is true;
     ``capture_patched(tokens, hooks, patches)`` (the same capture with each hook's
-    :class:`Patch` written in first) where ``capabilities.patching`` is.
+    :class:`Patch` written in first) where ``capabilities.patching`` is;
+    ``component_writes(tokens, row, position)`` (every write below one cell, a
+    :class:`ComponentWrites`) where ``capabilities.per_head`` is; and
+    ``attention_pattern(tokens, layer, position)`` (every head's attention weights from
+    ``position`` in block ``layer``, [heads, position + 1]) where ``capabilities.attention_patterns`` is.
+    Each runs one forward pass of ``tokens`` [1, positions] and is called holding ``lock``.
     """
 
     name: str

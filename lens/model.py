@@ -18,12 +18,22 @@ from pathlib import Path
 import torch
 
 from lens import sources
-from lens.backend import Capabilities, OutputTransform, Patch, Progress, Readout, prefer_sdpa
+from lens.backend import (
+    BlockWrites,
+    Capabilities,
+    ComponentWrites,
+    OutputTransform,
+    Patch,
+    Progress,
+    Readout,
+    Row,
+    prefer_sdpa,
+)
 from lens.errors import LensError
 from lens.tokens import TokenNamer, tokenizer_prepends_bos
 
 _TRANSFORMER_LENS_CAPABILITIES = Capabilities(
-    local_weights=True, after_attention=True, per_head=True, gradients=True, patching=True
+    local_weights=True, after_attention=True, per_head=True, attention_patterns=True, gradients=True, patching=True
 )
 
 
@@ -155,6 +165,56 @@ class LensModel:
         if missing:
             raise LensError(f"Model '{self.name}' has no {missing[0]} point to patch.")
         return self._run_hooked(tokens, hooks, None, [(name, patch.write) for name, patch in patches.items()])
+
+    def component_writes(self, tokens: torch.Tensor, row: Row, position: int) -> ComponentWrites:
+        """Every write below (``row``, ``position``) from the bridge's hooks: z and W_O per head. Hold :attr:`lock`."""
+        last = row.layer  # the last block with any write below the row (-1: embeddings only)
+        hooks = ["blocks.0.hook_resid_pre", row.hook]
+        if getattr(self.cfg, "positional_embedding_type", "") == "standard":
+            hooks.append("hook_pos_embed")
+        for i in range(last + 1):
+            hooks += [f"blocks.{i}.hook_attn_out", f"blocks.{i}.attn.hook_z"]
+            if i < last or row.hook.endswith("hook_resid_post"):
+                hooks.append(f"blocks.{i}.hook_mlp_out")
+        hooks = [h for h in dict.fromkeys(hooks) if h in self.bridge.hook_dict or h == row.hook]
+        try:
+            cache = self.capture(tokens, hooks, stop_at_layer=max(last + 1, 1))
+        except (ValueError, KeyError) as exc:
+            raise LensError(f"Model '{self.name}' cannot provide the points attribution needs: {exc}") from exc
+        if row.hook not in cache:
+            raise LensError(
+                f"Model '{self.name}' has no {row.label} point (its blocks run attention and MLP in parallel)."
+            )
+        acts = {name: cache[name][0, position].float() for name in hooks if name in cache}
+        blocks = []
+        for i in range(last + 1):
+            block = self.bridge.blocks[i]
+            blocks.append(
+                BlockWrites(
+                    attention=acts[f"blocks.{i}.hook_attn_out"],
+                    heads_input=acts.get(f"blocks.{i}.attn.hook_z"),
+                    head_weights=getattr(block.attn, "W_O", None),
+                    head_bias=getattr(block.attn, "b_O", None),
+                    post_norm=getattr(block, "ln1_post", None),
+                    mlp=acts.get(f"blocks.{i}.hook_mlp_out"),
+                )
+            )
+        embedded, positions = acts["blocks.0.hook_resid_pre"], acts.get("hook_pos_embed")
+        return ComponentWrites(
+            embed=embedded if positions is None else embedded - positions,
+            pos_embed=positions,
+            blocks=blocks,
+            residual=acts[row.hook],
+            dtype=next(self.bridge.parameters()).dtype,
+        )
+
+    def attention_pattern(self, tokens: torch.Tensor, layer: int, position: int) -> torch.Tensor:
+        """Every head's attention weights from ``position`` in block ``layer``, [heads, position + 1]; hold the lock."""
+        hook = f"blocks.{layer}.attn.hook_pattern"
+        cache = self.capture(tokens, [hook], stop_at_layer=layer + 1)
+        if hook not in cache:
+            raise LensError(f"Model '{self.name}' does not expose attention patterns.")
+        return cache[hook][0, :, position, : position + 1]
 
     def _run_hooked(
         self, tokens: torch.Tensor, hooks: Sequence[str], stop_at_layer: int | None, writers: list[tuple[str, Callable]]

@@ -8,10 +8,13 @@ log-normaliser, entropy, KL to the final row, targets' probability, logit and ra
 all run inside the trace; only those small arrays are saved and come back.
 
 Run here (``remote=False``), the backend captures residuals like the TransformerLens
-one and the shared engine and readout do the rest. On NDIF a run has a time limit,
-holds no lock here, and every failure (no key, a rejected key, NDIF unreachable or
-down, a model it doesn't host, a queue that doesn't move) becomes one LensError line,
-told apart by exception type and HTTP status; queue and run status go to ``progress``.
+one and the shared engine and readout do the rest; for attribution it reads one cell's
+writes (each head's slice of the attention output projection's input, the MLP outputs)
+in one trace, and lens.attribution splits them as it does TransformerLens's. On NDIF a
+run has a time limit, holds no lock here, and every failure (no key, a rejected key,
+NDIF unreachable or down, a model it doesn't host, a queue that doesn't move) becomes
+one LensError line, told apart by exception type and HTTP status; queue and run status
+go to ``progress``.
 """
 
 from __future__ import annotations
@@ -27,7 +30,16 @@ from functools import cached_property
 import numpy as np
 import torch
 
-from lens.backend import Capabilities, OutputTransform, Progress, Readout, Row, prefer_sdpa
+from lens.backend import (
+    BlockWrites,
+    Capabilities,
+    ComponentWrites,
+    OutputTransform,
+    Progress,
+    Readout,
+    Row,
+    prefer_sdpa,
+)
 from lens.errors import LensError
 from lens.result import STATISTICS
 from lens.sources import check_tokenizer, exception_chain, first_line, load_failure, status_code
@@ -41,6 +53,10 @@ PROGRESS_SECONDS = 1.0  # how often the waiting thread reports and checks the ti
 STATUS_SECONDS = 5.0  # NDIF's /status, asked after it refused a job
 # The arrays a run saves out of the trace, and nothing else (their size: payload_bytes).
 SAVED_ARRAYS = STATISTICS
+# Attention's output projection, by family (Llama's o_proj, GPT-2's c_proj, GPT-NeoX's dense, GPT-J's out_proj).
+PROJECTION_NAMES = ("o_proj", "c_proj", "dense", "out_proj")
+# A learned position embedding beside the token embedding (GPT-2's wpe): its write is a part of its own.
+POSITION_NAMES = ("wpe", "embed_positions", "position_embeddings")
 
 
 @dataclass(eq=False)
@@ -94,8 +110,32 @@ class NnsightModel:
 
     @cached_property
     def capabilities(self) -> Capabilities:
-        """Residuals at block boundaries; the weights (and so the readout and gradients) only when run here."""
-        return Capabilities(local_weights=not self.remote, gradients=not self.remote, remote=self.remote)
+        """Residuals at block boundaries; the weights (and so the readout and gradients) only when run here.
+
+        Per-head writes and attention patterns too when run here, on blocks whose attention
+        and MLP this backend can find (:func:`_write_paths`).
+        """
+        local = not self.remote
+        per_head = local and self._write_layout is not None
+        return Capabilities(
+            local_weights=local, per_head=per_head, attention_patterns=per_head, gradients=local, remote=self.remote
+        )
+
+    @cached_property
+    def _write_layout(self) -> tuple[_WritePaths, ...] | None:
+        """Where each block's writes are read, or None when any block doesn't fit (:func:`_write_paths`)."""
+        layout = tuple(map(_write_paths, self.wrapper._module.get_submodule(self.layers_path)))
+        return None if any(paths is None for paths in layout) else layout  # type: ignore[return-value]
+
+    @cached_property
+    def _position_path(self) -> str | None:
+        """A learned position embedding registered beside the token embedding (GPT-2's ``wpe``), or None."""
+        module = self.wrapper._module
+        embedding = module.get_input_embeddings()
+        parent = next(name for name, m in module.named_modules() if m is embedding).rpartition(".")[0]
+        holder = module.get_submodule(parent)
+        name = next((n for n in POSITION_NAMES if isinstance(getattr(holder, n, None), torch.nn.Embedding)), None)
+        return None if name is None else f"{parent}.{name}".lstrip(".")
 
     @cached_property
     def output_transform(self) -> OutputTransform:
@@ -140,6 +180,98 @@ class NnsightModel:
             tracer.stop()
         return saved
 
+    def component_writes(self, tokens: torch.Tensor, row: Row, position: int) -> ComponentWrites:
+        """Every write below (``row``, ``position``), read in one trace. Hold :attr:`lock`.
+
+        Each block's output-projection input is saved and split by head; head h's write is its
+        slice times its slice of the projection's weight, so the heads are read, not
+        recomputed. The attention's and the MLP's outputs (or the norms' after them) are the
+        layer's writes; attribution checks that the heads rebuild the one and that
+        everything adds up to the row's residual.
+        """
+        self.capabilities.require("per_head", "per-head writes", self.name)
+        layer, after = _block_point(row.hook)
+        layout = self._write_layout[: layer + 1] if after else ()
+        try:
+            cell = self._trace_writes(tokens, position, layout)
+        except Exception as exc:  # nnsight re-raises the model's errors in its own types; people need one line
+            raise LensError(f"The nnsight run of '{self.name}' failed: {first_line(exc)}") from exc
+        blocks = self.wrapper._module.get_submodule(self.layers_path)
+        n_heads = int(getattr(self.config, "num_attention_heads", 0) or 0)
+        writes = []
+        for i, paths in enumerate(layout):
+            block = blocks[i]
+            projection = block.get_submodule(paths.projection)
+            heads_input = cell[f"heads{i}"]
+            split = n_heads > 0 and heads_input.shape[0] % n_heads == 0
+            writes.append(
+                BlockWrites(
+                    attention=cell[f"attention{i}"],
+                    heads_input=heads_input.unflatten(0, (n_heads, -1)) if split else None,
+                    head_weights=_projection_rows(projection).detach().unflatten(0, (n_heads, -1)) if split else None,
+                    head_bias=projection.bias,
+                    post_norm=None if paths.post_norm is None else block.get_submodule(paths.post_norm),
+                    mlp=cell[f"mlp{i}"],
+                )
+            )
+        embedded, positions = cell["embedded"], cell.get("positions")
+        return ComponentWrites(
+            embed=embedded if positions is None else embedded - positions,
+            pos_embed=positions,
+            blocks=writes,
+            residual=cell["residual"] if layout else embedded,
+            dtype=next(self.wrapper._module.parameters()).dtype,
+        )
+
+    def _trace_writes(self, tokens: torch.Tensor, position: int, layout: Sequence[_WritePaths]) -> dict:
+        """The cell's vectors, read in the order the forward pass makes them (nnsight hands them out so)."""
+        import nnsight
+
+        with torch.no_grad(), self.wrapper.trace(tokens) as tracer:
+            cell = {}
+            if self._position_path is not None:
+                cell["positions"] = _at(_envoy(self.wrapper, self._position_path).output, position)
+            layers = _envoy(self.wrapper, self.layers_path)
+            cell["embedded"] = _at(layers[0].input, position)
+            for i, paths in enumerate(layout):
+                cell[f"heads{i}"] = _at(_envoy(layers[i], paths.projection).input, position)
+                cell[f"attention{i}"] = _at(_envoy(layers[i], paths.attention_write).output, position)
+                cell[f"mlp{i}"] = _at(_envoy(layers[i], paths.mlp_write).output, position)
+            if layout:
+                cell["residual"] = _at(layers[len(layout) - 1].output, position)
+            nnsight.save(cell)
+            tracer.stop()
+        return cell
+
+    def attention_pattern(self, tokens: torch.Tensor, layer: int, position: int) -> torch.Tensor:
+        """Every head's attention weights from ``position`` in block ``layer``, [heads, position + 1]; hold the lock.
+
+        SDPA returns no weights, so this one run uses eager attention, as TransformerLens's
+        pattern hook does; the model is switched back after it.
+        """
+        import nnsight
+
+        self.capabilities.require("attention_patterns", "attention patterns", self.name)
+        module = self.wrapper._module
+        previous = module.config._attn_implementation
+        try:
+            if previous != "eager":
+                module.set_attn_implementation("eager")
+            with torch.no_grad(), self.wrapper.trace(tokens) as tracer:
+                block = _envoy(self.wrapper, self.layers_path)[layer]
+                weights = _envoy(block, self._write_layout[layer].attention).output[1]
+                found = {} if weights is None else {"pattern": weights[0, :, position, : position + 1].clone()}
+                nnsight.save(found)
+                tracer.stop()
+        except Exception as exc:  # nnsight re-raises the model's errors in its own types; people need one line
+            raise LensError(f"The nnsight run of '{self.name}' failed: {first_line(exc)}") from exc
+        finally:
+            if previous != "eager":
+                module.set_attn_implementation(previous)
+        if "pattern" not in found:
+            raise LensError(f"Model '{self.name}' does not expose attention patterns.")
+        return found["pattern"]
+
     def remote_statistics(
         self,
         token_ids: Sequence[int],
@@ -173,6 +305,62 @@ def _block_point(hook: str) -> tuple[int, bool]:
         if point == "hook_resid_post" or (point == "hook_resid_pre" and layer == 0):
             return layer, point == "hook_resid_post"
     raise KeyError(f"the nnsight backend reads block outputs and the embeddings, not {hook}")
+
+
+@dataclass(frozen=True)
+class _WritePaths:
+    """Where one decoder block's writes are read, as module paths under the block."""
+
+    attention: str  # the attention module
+    projection: str  # its output projection: the input is every head's output, head-major
+    attention_write: str  # the module whose output is attention's write: the attention, or a norm after it
+    post_norm: str | None  # that norm, between the projection and the residual (Gemma-2), if any
+    mlp_write: str  # the module whose output is the MLP's write
+
+
+def _write_paths(block: torch.nn.Module) -> _WritePaths | None:
+    """Where a block's heads and MLP write, found by structure; None where the block doesn't fit.
+
+    The attention is the one child whose class is an ``...Attention``, with an output
+    projection (PROJECTION_NAMES) as a child; the MLP is the child ``mlp``. A block that
+    norms each sub-layer's output before adding it (Gemma-2 and 3, OLMo-2: a
+    ``post_feedforward_layernorm`` beside ``post_attention_layernorm``) writes those norms'
+    outputs. What this finds is checked on every run: the heads must rebuild the attention's
+    write and all writes must add up to the residual, or attribution refuses in one line.
+    """
+    children = dict(block.named_children())
+    attention = [name for name, child in children.items() if type(child).__name__.endswith("Attention")]
+    if len(attention) != 1 or "mlp" not in children:
+        return None
+    inner = dict(children[attention[0]].named_children())
+    projection = next((name for name in PROJECTION_NAMES if _projection_rows(inner.get(name)) is not None), None)
+    if projection is None:
+        return None
+    paths = _WritePaths(attention[0], f"{attention[0]}.{projection}", attention[0], None, "mlp")
+    if "post_feedforward_layernorm" in children:
+        if "post_attention_layernorm" not in children:
+            return None
+        post = "post_attention_layernorm"
+        return _WritePaths(paths.attention, paths.projection, post, post, "post_feedforward_layernorm")
+    return paths
+
+
+def _projection_rows(module: torch.nn.Module | None) -> torch.Tensor | None:
+    """A projection's weight as [in, out], or None for anything else.
+
+    nn.Linear stores [out, in]; GPT-2's Conv1D stores [in, out].
+    """
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, torch.nn.Linear):
+        return module.weight.t()
+    return module.weight if isinstance(module, Conv1D) else None
+
+
+def _at(value, position: int) -> torch.Tensor:
+    """One cell's vector, a copy in fp32, from a module's input or output (the first of a tuple; batch item 0)."""
+    value = value[0] if isinstance(value, tuple) else value
+    return value.reshape(-1, *value.shape[-2:])[0, position].to(torch.float32, copy=True)
 
 
 def _envoy(root, path: str):
