@@ -14,8 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 LIBRARIES = ("transformer_lens", "transformers", "torch", "nnsight")
-# A tuned lens picked from the hub is named "hub:<model>" in the dashboard.
+# How the dashboard names a lens (None is the logit lens): a tuned-lens folder or "hub:<model>",
+# a Jacobian-lens file "jlens:<path>" or the published one "jlens-hub:<model>".
 HUB_PREFIX = "hub:"
+JACOBIAN_PREFIX = "jlens:"
+JACOBIAN_HUB_PREFIX = "jlens-hub:"
 
 
 @dataclass(frozen=True)
@@ -32,25 +35,38 @@ class Run:
 
 @dataclass(frozen=True)
 class View:
-    """What one page shows. ``page`` is "lens", "compare", "attribution" or "dataset"."""
+    """What one page shows: "lens", "compare", "attribution", "dataset", "patch" or "prompt_set"."""
 
     page: str
     runs: tuple[Run, ...]
     top_k: int = 10
     points: tuple[str, ...] = ("resid_post",)
-    # Attribution: the cell (row label, position), the token explained and its contrast.
+    # Attribution: the cell (row label, position), the token explained and its contrast; Patch:
+    # the target and contrast, with the point and metric (its runs: the clean and corrupted prompts).
     row: str | None = None
     position: int | None = None
     target: str | int | None = None
     contrast: str | int | None = None
+    point: str = ""
+    metric: str = ""
     # Dataset: the texts read and the cap on tokens; each run then names a model and lens only.
+    # Prompt sets: one text, the set as CSV or JSONL (``set_format``), and the cap on prompts.
     texts: tuple[str, ...] = ()
     max_tokens: int = 0
+    set_format: str = ""
+    max_prompts: int = 0
     settings: dict[str, object] = field(default_factory=dict)
     stem: str = ""  # the CSV's name without ".csv"; "" for the page's usual one
 
 
-STEMS = {"lens": "logit-lens", "compare": "compare", "attribution": "attribution", "dataset": "lens-dataset"}
+STEMS = {
+    "lens": "logit-lens",
+    "compare": "compare",
+    "attribution": "attribution",
+    "dataset": "lens-dataset",
+    "patch": "patch",
+    "prompt_set": "prompt-set",
+}
 
 
 def versions() -> dict[str, str | None]:
@@ -100,8 +116,10 @@ def provenance(view: View) -> dict[str, object]:
             "top_k": view.top_k,
             "points": list(view.points),
             **({"row": view.row, "position": view.position} if view.page == "attribution" else {}),
-            **({"target": view.target, "contrast": view.contrast} if view.page == "attribution" else {}),
+            **({"target": view.target, "contrast": view.contrast} if view.page in ("attribution", "patch") else {}),
+            **({"point": view.point, "metric": view.metric} if view.page == "patch" else {}),
             **({"max_tokens": view.max_tokens, "n_texts": len(view.texts)} if view.page == "dataset" else {}),
+            **({"format": view.set_format, "max_prompts": view.max_prompts} if view.page == "prompt_set" else {}),
             **view.settings,
         },
     }
@@ -112,10 +130,10 @@ def snippet(view: View) -> str:
     lines = ["import lens", "from lens.exports import safe_csv"]
     if view.page == "compare":
         lines[-1] = "from lens.exports import comparison_frame, safe_csv"
-    if view.page == "dataset":
+    if view.page in ("dataset", "prompt_set"):
         lines.insert(0, "import pandas as pd")
-    tuned = sorted({r.lens_source for r in view.runs if r.lens_source})
-    if tuned:
+    sources = sorted({r.lens_source for r in view.runs if r.lens_source})
+    if any(lens_kind(source) == "tuned" for source in sources):
         lines.append("from lens.tuned import TunedLens")
     lines.append("")
     models: dict[str, str] = {}
@@ -125,9 +143,9 @@ def snippet(view: View) -> str:
             found = revision(run.model)
             where = f"  # revision {found}" if found else "  # a local folder" if Path(run.model).is_dir() else ""
             lines.append(f"{models[run.model]} = lens.load_model({run.model!r}){where}")
-    lenses = {source: f"tuned_{i + 1}" if len(tuned) > 1 else "tuned" for i, source in enumerate(tuned)}
+    lenses = {source: f"lens_{i + 1}" if len(sources) > 1 else lens_kind(source) for i, source in enumerate(sources)}
     for source, name in lenses.items():
-        lines.append(f"{name} = TunedLens.load({source.removeprefix(HUB_PREFIX)!r})")
+        lines.append(f"{name} = {_lens_loader(source)}")
     points = list(view.points)
 
     def lens_arg(run: Run) -> str:
@@ -143,11 +161,29 @@ def snippet(view: View) -> str:
             )
             lines.append(f"frames.append(frame.assign(source={run.label!r}))")
         lines.append("table = pd.concat(frames, ignore_index=True)")
+    elif view.page == "prompt_set":
+        lines.append(f"rows = lens.read_prompt_rows({view.texts[0]!r}, {view.set_format!r})")
+        lines.append("frames = []")
+        for run in view.runs:
+            lines.append(
+                f"result = lens.prompt_set({models[run.model]}, rows, max_prompts={view.max_prompts}{lens_arg(run)})"
+            )
+            lines.append(f"frames.append(result.to_frame().assign(model={run.label!r}))")
+        lines.append("table = pd.concat(frames, ignore_index=True)")
+        lines.append('table = table[["model", *[c for c in table.columns if c != "model"]]]')
     else:
         for index, run in enumerate(view.runs):
             lines.append(f"# {run.text!r}")
             lines.append(f"prompt_{index + 1} = {list(run.token_ids)!r}")
-        if view.page == "attribution":
+        if view.page == "patch":
+            model = models[view.runs[0].model]
+            contrast = f", contrast={view.contrast!r}" if view.contrast not in (None, "") else ""
+            lines.append(
+                f"result = lens.patch({model}, prompt_1, prompt_2, target={view.target!r}{contrast}, "
+                f"point={view.point!r}, metric={view.metric!r})"
+            )
+            lines.append("table = result.to_frame()")
+        elif view.page == "attribution":
             run = view.runs[0]
             contrast = f", contrast={view.contrast!r}" if view.contrast not in (None, "") else ""
             lines.append(
@@ -186,3 +222,19 @@ def snippet(view: View) -> str:
     lines.append(f"with open({name!r}, 'w', encoding='utf-8', newline='') as out:")
     lines.append("    out.write(safe_csv(table))")
     return "\n".join(lines) + "\n"
+
+
+def lens_kind(source: str | None) -> str:
+    """'logit', 'tuned' or 'jacobian': what a dashboard lens source names."""
+    if not source:
+        return "logit"
+    return "jacobian" if source.startswith((JACOBIAN_PREFIX, JACOBIAN_HUB_PREFIX)) else "tuned"
+
+
+def _lens_loader(source: str) -> str:
+    """The expression that loads the lens a dashboard source names."""
+    if source.startswith(JACOBIAN_HUB_PREFIX):
+        return f"lens.published_jacobian_lens({source.removeprefix(JACOBIAN_HUB_PREFIX)!r})"
+    if source.startswith(JACOBIAN_PREFIX):
+        return f"lens.JacobianLens.load({source.removeprefix(JACOBIAN_PREFIX)!r})"
+    return f"TunedLens.load({source.removeprefix(HUB_PREFIX)!r})"

@@ -11,8 +11,18 @@ from types import SimpleNamespace
 import streamlit as st
 
 import lens
-from lens import PATCH_METRICS, PATCH_POINTS, charts, patch_charts, prompt_words, replace_word, safe_csv, typable_token
-from ui import cached, exports, models, running, state
+from lens import (
+    PATCH_METRICS,
+    PATCH_POINTS,
+    charts,
+    patch_charts,
+    prompt_words,
+    provenance,
+    replace_word,
+    safe_csv,
+    typable_token,
+)
+from ui import cached, exports, models, reproduce, running, state
 from ui.escape import code, plain
 
 POINT_NAMES = {
@@ -155,11 +165,23 @@ lines = [
         for name, text in (("Clean", clean), ("Corrupted", corrupted))
     ),
 ]
+view = provenance.View(
+    "patch",
+    tuple(
+        provenance.Run(c.model_name, tuple(lens.tokenize_prompt(model, text, c.prepend_bos)), text, label=name)
+        for name, text in (("clean", clean), ("corrupted", corrupted))
+    ),
+    target=request.target,
+    contrast=request.contrast,
+    point=point,
+    metric=metric,
+)
 exports.buttons(
     "patch",
     safe_csv(result.to_frame()).encode(),
-    result.to_json(),
+    reproduce.with_provenance(result.to_json(), view),
     exports.titled(patch_charts.effect_heatmap(result, selectable=False), "Activation patching", lines),
     csv_help="One row per (layer, position): the patched run's metric and its effect (0 corrupted, 1 clean).",
     json_help="The sweep with its context: model, prompts, point, metric, target and contrast.",
 )
+reproduce.offer(view)

@@ -10,8 +10,8 @@ import pandas as pd
 import streamlit as st
 
 import lens
-from lens import charts
-from ui import config, exports, lenses, models, running, state
+from lens import charts, provenance
+from ui import config, exports, lenses, models, reproduce, running, state
 from ui.escape import plain
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -82,6 +82,7 @@ if len(text) > most_chars:
 second = state.second_model(s.model_name, "set_model_b")
 readings = [(s.model_name, s.lens_source), *([(second, None)] if second else [])]
 results: dict[str, lens.PromptSetResult] = {}
+read: list[provenance.Run] = []
 for model_name, lens_source in readings:
     model = running.load_model(model_name)
     if model is None:
@@ -90,6 +91,7 @@ for model_name, lens_source in readings:
     label = models.label(model_name) + (f" · {lenses.KIND_LABELS[lenses.kind(lens_source)]}" if lens_source else "")
     try:
         results[label] = running.prompt_set_with_progress(model_name, kind, text, server.max_prompts, lens_source)
+        read.append(provenance.Run(model_name, (), "", lens_source, label=label))
     except lens.LensError as exc:  # one line; the other model's reading stays
         running.show_error(f"{label}: {exc}", demo_key=None)
 if not results:
@@ -129,15 +131,17 @@ chart = charts.prompt_set_chart(summaries, measures)
 with st.container(key="set_chart"):
     st.altair_chart(charts.stretched(chart), width="stretch")
 csv, json_text = exports.prompt_set_files(results)
+view = provenance.View("prompt_set", tuple(read), texts=(text,), set_format=kind, max_prompts=server.max_prompts)
 heading = f"Prompt set: {SCALES[scale].lower()} by layer, 95% bands"
 exports.buttons(
     "prompt-set",
     csv,
-    json_text,
+    reproduce.with_provenance(json_text, view),
     exports.titled(chart, heading, exports.prompt_set_lines(results)),
     csv_help="One row per model, layer, group and measure: n, mean, 95% interval, median, quartiles.",
     json_help="Every model's summary, per-prompt numbers, prompts read and rows skipped.",
 )
+reproduce.offer(view)
 
 concepts = {c: tokens for r in results.values() for c, tokens in r.concept_tokens.items()}
 if concepts:

@@ -52,6 +52,13 @@ PAGES = {
     "compare": ("pages/compare.py", {"target": " Lily"}, "CSV", "compare.csv"),
     "attribution": ("pages/attribution.py", {"attr_row": "L2", "attr_position": "5 ␣time"}, "CSV", "attribution.csv"),
     "dataset": ("pages/dataset.py", {}, "Download the table (CSV)", "lens-dataset.csv"),
+    "patch": (
+        "pages/patch.py",
+        {"patch_clean": STORY, "patch_corrupted": STORY.replace("girl", "boy"), "patch_target": " Lily"},
+        "CSV",
+        "patch.csv",
+    ),
+    "prompt_set": ("pages/prompt_set.py", {}, "CSV", "prompt-set.csv"),  # the bundled stories260K set
 }
 
 
@@ -70,8 +77,9 @@ def test_each_snippet_writes_its_pages_csv(app, downloads, tmp_path):
         if "JSON" in files:
             carried = json.loads(files["JSON"])["provenance"]
             assert set(carried["versions"]) == {"lens", "transformer_lens", "transformers", "torch", "nnsight"}
-            assert carried["runs"][0]["token_ids"] and carried["runs"][0]["model"] == str(STORIES), name
-    # One interpreter for all four, as a person would paste them one after another.
+            assert carried["runs"][0]["model"] == str(STORIES), name
+            assert carried["runs"][0]["token_ids"] or name == "prompt_set", name  # a set names no one prompt
+    # One interpreter for all of them, as a person would paste them one after another.
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(
         [sys.executable, "-c", "\n".join(snippets)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
@@ -114,3 +122,26 @@ def test_a_prompt_given_as_token_ids_is_read_as_those_ids(stories):
     for bad, message in (([], "empty"), ([1, stories.d_vocab], "outside the vocabulary"), ([1, "2"], "whole-number")):
         with pytest.raises(lens.LensError, match=message):
             run_lens(stories, bad)
+
+
+def test_jacobian_lens_snippet_loads_the_lens_the_page_read(stories, tmp_path):
+    """A Jacobian-lens view's snippet loads that lens file (not a tuned lens) and writes the page's CSV."""
+    from lens import fit_jacobian_lens, retarget, run_lens, safe_csv
+    from lens.jacobian import JacobianLens
+
+    path = tmp_path / "stories.pt"
+    fit_jacobian_lens(stories, [STORY + " She had a red ball."], max_prompts=1, max_tokens=32).save(path)
+    page = retarget(
+        stories, run_lens(stories, STORY, top_k=4, keep_unembed_input=True, lens=JacobianLens.load(path)), [" Lily"]
+    )
+    view = View("lens", (Run(str(STORIES), tuple(page.token_ids), STORY, f"jlens:{path}", (" Lily",)),), top_k=4)
+    code = snippet(view)
+    assert f"jacobian = lens.JacobianLens.load({str(path)!r})" in code and "TunedLens" not in code
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "logit-lens.csv").read_bytes() == safe_csv(page.to_frame()).encode()
+    published = snippet(View("lens", (Run("openai-community/gpt2", (464,), "The", "jlens-hub:openai-community/gpt2"),)))
+    assert "jacobian = lens.published_jacobian_lens('openai-community/gpt2')" in published

@@ -12,13 +12,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lens import PUBLISHED_LENSES, has_published_lens
+from lens.provenance import HUB_PREFIX, JACOBIAN_HUB_PREFIX, JACOBIAN_PREFIX, lens_kind
 from lens.sources import path_exists
 from lens.tuned import model_key
 from ui import config
 
-HUB_PREFIX = "hub:"
-JACOBIAN_PREFIX = "jlens:"
-JACOBIAN_HUB_PREFIX = "jlens-hub:"
 KIND_LABELS = {"logit": "logit lens", "tuned": "tuned lens", "jacobian": "Jacobian lens"}
 
 
@@ -35,11 +33,7 @@ def trained_folder(model_name: str, key: str) -> Path:
     return lens_root() / model_key(model_name) / key
 
 
-def kind(source: str | None) -> str:
-    """'logit', 'tuned' or 'jacobian': what a source names."""
-    if not source:
-        return "logit"
-    return "jacobian" if source.startswith((JACOBIAN_PREFIX, JACOBIAN_HUB_PREFIX)) else "tuned"
+kind = lens_kind  # 'logit', 'tuned' or 'jacobian': what a source names
 
 
 def available(model_name: str) -> dict[str, str]:
