@@ -264,6 +264,7 @@ def cell_statistics(
         dtype=torch.long,
         device=device,
     )
+    target_set = frozenset(targets.flatten().tolist())  # the vocabulary rows whose slabs go first
     block = _chunk_width(n_pos, n_rows, vocab)
     out = {
         "top_ids": np.empty((n_rows, n_pos, k), np.int64),
@@ -290,7 +291,7 @@ def cell_statistics(
         # Cells are row-major: column r * width + j is row r at position start + j.
         logits = padded[:vocab]
         cells = pad_positions(normed[:, positions], width).reshape(n_cells, -1)
-        chunk = _Chunk(readout, cells, padded, block_max, parts, n_rows, targets)
+        chunk = _Chunk(readout, cells, padded, block_max, parts, n_rows, targets, target_set)
         target_logits = chunk.run(threads, positions)
         sums, counts = chunk.sums, chunk.counts
         top_values, top_ids = _top_k_columns(padded, block_max, k)
@@ -322,10 +323,10 @@ class _Chunk:
         parts: list[tuple[torch.Tensor, ...]],
         n_rows: int,
         targets: torch.Tensor,
+        target_set: frozenset[int],
     ) -> None:
         self.readout, self.cells, self.padded, self.block_max = readout, cells, padded, block_max
         self.parts, self.targets, self.n_rows = parts, targets, n_rows
-        target_set = set(targets.flatten().tolist())
         n_cells = cells.shape[0]
         self.logits = padded[: readout.d_vocab]
         self.slabs = _slabs(padded.shape[0], n_cells)
